@@ -1,0 +1,128 @@
+"""Backends: where arrays live and which kernels run on them.
+
+This is the only package that imports cupy or numba.cuda. Everything above it asks
+:func:`backend_of` for the backend of the arrays it was handed and calls that backend's
+kernels; the device branch happens once, here, not throughout the math.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from gpucnn.backend import cpu as _cpu
+
+log = logging.getLogger("gpucnn")
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A requested backend cannot run on this machine; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A device's array module and kernels.
+
+    Attributes:
+        name: "cpu" or "cuda".
+        xp: the array module (numpy or cupy).
+        kernels: the module holding this device's kernels (im2col, col2im, ...).
+    """
+
+    name: str
+    xp: ModuleType
+    kernels: ModuleType
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+
+CPU = Backend("cpu", np, _cpu)
+
+
+def _cuda_missing() -> str:
+    """Why the CUDA backend cannot be used here, as one sentence."""
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # ImportError, or a CUDA library that fails to load
+        return (
+            f"CuPy is not importable ({type(exc).__name__}: {exc}); "
+            "install the 'gpu' extra (CUDA 13) or 'gpu-cuda12' (CUDA 12)"
+        )
+    try:
+        from numba import cuda
+    except Exception as exc:
+        return f"numba.cuda is not importable ({type(exc).__name__}: {exc})"
+    try:
+        if not cuda.is_available():
+            return "numba.cuda sees no usable NVIDIA GPU or driver"
+    except Exception as exc:
+        return f"numba.cuda could not query the GPU ({type(exc).__name__}: {exc})"
+    return (
+        "the CUDA kernels are not part of this gpucnn version yet "
+        "(the GPU and CuPy are present, but there is no CUDA backend to run on them)"
+    )
+
+
+def get_backend(device: str = "auto") -> Backend:
+    """Return the backend for a device name.
+
+    Args:
+        device: "auto" (CUDA when usable, else CPU; logs which it picked), "cpu" or "cuda".
+
+    Returns:
+        The :class:`Backend`.
+
+    Raises:
+        ValueError: for an unknown device name.
+        BackendUnavailableError: for "cuda" when it cannot run here; never a silent fallback.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return CPU
+    why = _cuda_missing()
+    if device == "cuda":
+        raise BackendUnavailableError(f"device 'cuda' is unavailable: {why}")
+    log.info("device 'auto' picked cpu (cuda unavailable: %s)", why)
+    return CPU
+
+
+def is_device_array(a: Any) -> bool:
+    """True for a CuPy array, without importing CuPy."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def backend_of(*arrays: Any) -> Backend:
+    """The backend that owns these arrays (as cupy.get_array_module does).
+
+    Raises:
+        ValueError: when the arrays live on different devices.
+    """
+    on_device = [is_device_array(a) for a in arrays if a is not None]
+    if any(on_device):
+        if not all(on_device):
+            raise ValueError("arrays live on different devices (some CuPy, some NumPy)")
+        return get_backend("cuda")
+    return CPU
+
+
+def to_device(a: Any, device: str) -> Any:
+    """Return ``a`` as an array on ``device`` ("cpu" or "cuda"); no copy if already there."""
+    backend = get_backend(device)
+    if backend.name == "cpu":
+        return to_host(a)
+    return backend.xp.asarray(a)  # pragma: no cover - needs the CUDA backend
+
+
+def to_host(a: Any) -> np.ndarray:
+    """Return ``a`` as a NumPy array (copying from the GPU when it lives there)."""
+    if is_device_array(a):
+        return a.get()
+    return np.asarray(a)

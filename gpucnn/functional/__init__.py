@@ -1,0 +1,57 @@
+"""Stateless math: ``op_forward(...) -> (y, cache)`` and ``op_backward(dy, cache) -> grads``.
+
+Each op validates its input, finds the backend from its arrays and calls that backend's
+kernels for the window work; elementwise math is written once against the array module ``xp``.
+"""
+
+from gpucnn.functional.activation import (
+    log_softmax,
+    relu_backward,
+    relu_forward,
+    softmax,
+    tanh_backward,
+    tanh_forward,
+)
+from gpucnn.functional.batchnorm import batchnorm2d_backward, batchnorm2d_forward
+from gpucnn.functional.conv import conv2d_backward, conv2d_forward, resolve_padding
+from gpucnn.functional.dropout import dropout_backward, dropout_forward
+from gpucnn.functional.linear import linear_backward, linear_forward
+from gpucnn.functional.loss import cross_entropy_backward, cross_entropy_forward
+from gpucnn.functional.pool import (
+    avgpool2d_backward,
+    avgpool2d_forward,
+    global_avgpool2d_backward,
+    global_avgpool2d_forward,
+    global_maxpool2d_backward,
+    global_maxpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+
+__all__ = [
+    "avgpool2d_backward",
+    "avgpool2d_forward",
+    "batchnorm2d_backward",
+    "batchnorm2d_forward",
+    "conv2d_backward",
+    "conv2d_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "global_avgpool2d_backward",
+    "global_avgpool2d_forward",
+    "global_maxpool2d_backward",
+    "global_maxpool2d_forward",
+    "linear_backward",
+    "linear_forward",
+    "log_softmax",
+    "maxpool2d_backward",
+    "maxpool2d_forward",
+    "relu_backward",
+    "relu_forward",
+    "resolve_padding",
+    "softmax",
+    "tanh_backward",
+    "tanh_forward",
+]

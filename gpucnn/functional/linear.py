@@ -1,0 +1,32 @@
+"""Fully connected layer: y = x W^T + b, with W (out, in) as in PyTorch.
+
+Backward: dx = dy W, dW = dy^T x, db = sum over the batch of dy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpucnn.functional._checks import check_channels, check_float, check_rank
+
+
+def linear_forward(x: Any, w: Any, b: Any = None) -> tuple[Any, tuple]:
+    """Shape: x (N, in), w (out, in), b (out,) -> y (N, out)."""
+    check_rank("Linear", x, 2, "(N, in_features)")
+    check_float("Linear", x, like=w)
+    check_channels("Linear", x, w.shape[1])
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y, (x, w, b is not None)
+
+
+def linear_backward(
+    dy: Any, cache: tuple, need_dx: bool = True, need_params: bool = True
+) -> tuple[Any, Any, Any]:
+    """Shape: dy (N, out) -> dx (N, in), dw (out, in), db (out,) (None where not needed)."""
+    x, w, has_bias = cache
+    dx = dy @ w if need_dx else None
+    dw = dy.T @ x if need_params else None
+    db = dy.sum(axis=0) if has_bias and need_params else None
+    return dx, dw, db

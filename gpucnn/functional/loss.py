@@ -1,0 +1,59 @@
+"""Softmax cross-entropy, fused: the loss and its gradient never form log(softmax) naively.
+
+    loss = -(1/N) sum_n log softmax(z_n)[y_n]
+         = (1/N) sum_n (logsumexp(z_n) - z_n[y_n])
+    dloss/dz_n = (softmax(z_n) - onehot(y_n)) / N
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpucnn.backend import backend_of
+from gpucnn.functional._checks import check_float, check_rank
+from gpucnn.functional.activation import log_softmax
+
+
+def check_labels(layer: str, labels: Any, n: int, num_classes: int) -> None:
+    """Labels must be a 1-D integer array of length N with values in [0, num_classes)."""
+    if getattr(labels, "ndim", None) != 1 or labels.shape[0] != n:
+        shape = getattr(labels, "shape", type(labels).__name__)
+        raise ValueError(f"{layer}: expected labels of shape ({n},) for {n} logits, got {shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{layer}: labels must be integer class indices, got dtype {labels.dtype}"
+        )
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{layer}: labels must lie in [0, {num_classes}) for logits of shape "
+            f"({n}, {num_classes}); got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple]:
+    """Mean softmax cross-entropy. Shape: logits (N, K), labels (N,) -> 0-d array."""
+    layer = "CrossEntropyLoss"
+    check_rank(layer, logits, 2, "(N, num_classes)")
+    check_float(layer, logits)
+    n, k = logits.shape
+    check_labels(layer, labels, n, k)
+    if n == 0:
+        raise ValueError(f"{layer}: empty batch (logits shape {tuple(logits.shape)})")
+    xp = backend_of(logits).xp
+    logp = log_softmax(logits)
+    rows = xp.arange(n)
+    loss = -logp[rows, labels].mean()
+    return loss, (logp, labels)
+
+
+def cross_entropy_backward(cache: tuple, dloss: Any = 1.0) -> Any:
+    """Shape: -> dlogits (N, K) = (softmax - onehot) * dloss / N."""
+    logp, labels = cache
+    xp = backend_of(logp).xp
+    n = logp.shape[0]
+    grad = xp.exp(logp)
+    grad[xp.arange(n), labels] -= 1
+    grad *= logp.dtype.type(1.0 / n) * logp.dtype.type(dloss)
+    return grad

@@ -1,0 +1,95 @@
+"""Pooling: max and average over k×k windows, and their global forms.
+
+Window pooling slides a k×k window with stride S (default S = k) over each channel:
+
+    OH = floor((H - k + 2P) / S) + 1     (likewise OW)
+    max: y = max over the window;  dy flows only to the element that was the max
+    avg: y = mean over the window; dy is split evenly, dy / k^2, over the window
+
+Global pooling reduces each channel's whole H×W plane to one number: (N, C, H, W) -> (N, C).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpucnn.backend import backend_of
+from gpucnn.functional._checks import check_float, check_positive, check_rank, window_out_size
+
+
+def _check_window(layer: str, x: Any, k: int, stride: int | None, pad: int) -> tuple[int, int]:
+    check_rank(layer, x, 4, "(N, C, H, W)")
+    check_float(layer, x)
+    k = check_positive(layer, "kernel_size", k)
+    stride = k if stride is None else check_positive(layer, "stride", stride)
+    if not isinstance(pad, int) or pad < 0 or 2 * pad > k:
+        raise ValueError(f"{layer}: padding must be an integer in [0, kernel_size/2], got {pad!r}")
+    window_out_size(layer, x.shape, k, stride, pad)
+    return k, stride
+
+
+def maxpool2d_forward(
+    x: Any, kernel_size: int, stride: int | None = None, padding: int = 0
+) -> tuple[Any, tuple]:
+    """Shape: (N, C, H, W) -> (N, C, OH, OW). Padding never wins the max."""
+    k, s = _check_window("MaxPool2d", x, kernel_size, stride, padding)
+    y, arg = backend_of(x).kernels.maxpool2d_fwd(x, k, s, padding)
+    return y, (arg, x.shape, k, s, padding)
+
+
+def maxpool2d_backward(dy: Any, cache: tuple) -> Any:
+    """Shape: (N, C, OH, OW) -> (N, C, H, W)."""
+    arg, x_shape, k, s, p = cache
+    return backend_of(dy).kernels.maxpool2d_bwd(dy, arg, x_shape, k, s, p)
+
+
+def avgpool2d_forward(
+    x: Any, kernel_size: int, stride: int | None = None, padding: int = 0
+) -> tuple[Any, tuple]:
+    """Shape: (N, C, H, W) -> (N, C, OH, OW). Padded zeros count in the mean (as PyTorch)."""
+    k, s = _check_window("AvgPool2d", x, kernel_size, stride, padding)
+    y = backend_of(x).kernels.avgpool2d_fwd(x, k, s, padding)
+    return y, (x.shape, k, s, padding)
+
+
+def avgpool2d_backward(dy: Any, cache: tuple) -> Any:
+    """Shape: (N, C, OH, OW) -> (N, C, H, W)."""
+    x_shape, k, s, p = cache
+    return backend_of(dy).kernels.avgpool2d_bwd(dy, x_shape, k, s, p)
+
+
+def global_avgpool2d_forward(x: Any) -> tuple[Any, tuple]:
+    """y[n, c] = mean over h, w of x[n, c, h, w]. Shape: (N, C, H, W) -> (N, C)."""
+    check_rank("GlobalAvgPool2d", x, 4, "(N, C, H, W)")
+    check_float("GlobalAvgPool2d", x)
+    return x.mean(axis=(2, 3)), x.shape
+
+
+def global_avgpool2d_backward(dy: Any, x_shape: tuple) -> Any:
+    """Shape: (N, C) -> (N, C, H, W); every position receives dy / (H*W)."""
+    xp = backend_of(dy).xp
+    h, w = x_shape[2:]
+    return xp.ascontiguousarray(
+        xp.broadcast_to((dy / (h * w))[:, :, None, None], x_shape)
+    ).astype(dy.dtype, copy=False)
+
+
+def global_maxpool2d_forward(x: Any) -> tuple[Any, tuple]:
+    """y[n, c] = max over h, w of x[n, c, h, w]. Shape: (N, C, H, W) -> (N, C)."""
+    check_rank("GlobalMaxPool2d", x, 4, "(N, C, H, W)")
+    check_float("GlobalMaxPool2d", x)
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    arg = flat.argmax(axis=2)
+    xp = backend_of(x).xp
+    return xp.take_along_axis(flat, arg[:, :, None], axis=2)[:, :, 0], (arg, x.shape)
+
+
+def global_maxpool2d_backward(dy: Any, cache: tuple) -> Any:
+    """Shape: (N, C) -> (N, C, H, W); the gradient goes to each plane's maximum."""
+    arg, x_shape = cache
+    xp = backend_of(dy).xp
+    n, c = x_shape[:2]
+    dx = xp.zeros((n, c, x_shape[2] * x_shape[3]), dtype=dy.dtype)
+    xp.put_along_axis(dx, arg[:, :, None], dy[:, :, None], axis=2)
+    return dx.reshape(x_shape)

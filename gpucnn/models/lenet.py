@@ -1,0 +1,31 @@
+"""LeNet-5 (LeCun, Bottou, Bengio & Haffner 1998) for 28×28 inputs."""
+
+from __future__ import annotations
+
+from gpucnn import nn
+from gpucnn.nn.init import RngLike, as_rng
+
+
+def lenet5(num_classes: int = 10, in_channels: int = 1, rng: RngLike = None) -> nn.Sequential:
+    """C1 conv 5×5 → 6 (pad 2, so 28×28 plays the paper's 32×32), tanh, S2 average-pool 2;
+    C3 conv 5×5 → 16, tanh, S4 average-pool 2; C5 fc 400→120, tanh; F6 fc 120→84, tanh;
+    output fc 84→num_classes. Subsampling is average pooling, as in the paper (without its
+    trainable per-map coefficient); the paper's RBF output layer is a linear layer here.
+
+    Shape: (N, in_channels, 28, 28) -> (N, num_classes).
+    """
+    rng = as_rng(rng)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2, rng=rng),  # -> (N,6,28,28)
+        nn.Tanh(),
+        nn.AvgPool2d(2),  # -> (N,6,14,14)
+        nn.Conv2d(6, 16, 5, rng=rng),  # -> (N,16,10,10)
+        nn.Tanh(),
+        nn.AvgPool2d(2),  # -> (N,16,5,5)
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120, rng=rng),
+        nn.Tanh(),
+        nn.Linear(120, 84, rng=rng),
+        nn.Tanh(),
+        nn.Linear(84, num_classes, rng=rng),
+    )

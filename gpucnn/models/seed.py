@@ -1,0 +1,28 @@
+"""The article's network ("MyCNN"), the seed model of this project."""
+
+from __future__ import annotations
+
+from gpucnn import nn
+from gpucnn.nn.init import RngLike, as_rng
+
+
+def seed_cnn(num_classes: int = 10, in_channels: int = 1, rng: RngLike = None) -> nn.Sequential:
+    """conv 1→32 3×3 pad 1, ReLU, max-pool 2; conv 32→64 3×3 pad 1, ReLU, max-pool 2;
+    fc 3136→128, ReLU; fc 128→10.
+
+    Shape: (N, in_channels, 28, 28) -> (N, num_classes). Init: conv N(0, 0.01^2), linear
+    Xavier-uniform, biases 0 (the article's).
+    """
+    rng = as_rng(rng)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1, rng=rng),  # (N,1,28,28) -> (N,32,28,28)
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # -> (N,32,14,14)
+        nn.Conv2d(32, 64, 3, padding=1, rng=rng),  # -> (N,64,14,14)
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # -> (N,64,7,7)
+        nn.Flatten(),  # -> (N,3136)
+        nn.Linear(64 * 7 * 7, 128, rng=rng),
+        nn.ReLU(),
+        nn.Linear(128, num_classes, rng=rng),
+    )

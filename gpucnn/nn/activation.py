@@ -1,0 +1,67 @@
+"""ReLU, Tanh and Dropout layers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gpucnn import functional as F
+from gpucnn.nn import init
+from gpucnn.nn.module import Module, Shape
+
+
+class ReLU(Module):
+    """y = max(x, 0). Shape: any -> same."""
+
+    def forward(self, x: Any) -> Any:
+        y, self._mask = F.relu_forward(x)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        return F.relu_backward(dy, self._mask)
+
+    def flops(self, in_shape: Shape) -> int:
+        return math.prod(in_shape)
+
+
+class Tanh(Module):
+    """y = tanh(x) (LeNet-5's squashing nonlinearity). Shape: any -> same."""
+
+    def forward(self, x: Any) -> Any:
+        y, self._y = F.tanh_forward(x)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        return F.tanh_backward(dy, self._y)
+
+    def flops(self, in_shape: Shape) -> int:
+        return math.prod(in_shape)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest
+    by 1/(1-p); in eval mode, the identity.
+
+    Args:
+        p: probability of zeroing an element, in [0, 1].
+        rng: seed or Generator for the masks (seeded runs are reproducible).
+
+    Shape: any -> same.
+    """
+
+    def __init__(self, p: float = 0.5, rng: init.RngLike = None) -> None:
+        super().__init__()
+        from gpucnn.functional.dropout import check_p
+
+        self.p = check_p(p)
+        self.rng = init.as_rng(rng)
+
+    def forward(self, x: Any) -> Any:
+        y, self._mask = F.dropout_forward(x, self.p, self.training, self.rng)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        return F.dropout_backward(dy, self._mask)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

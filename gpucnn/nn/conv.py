@@ -1,0 +1,89 @@
+"""Conv2d: the layer that owns a bank of filters and calls gpucnn.functional.conv."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpucnn import functional as F
+from gpucnn.functional._checks import check_positive, window_out_size
+from gpucnn.nn import init
+from gpucnn.nn.module import Module, Shape
+
+
+class Conv2d(Module):
+    """2-D convolution with F = out_channels square filters shared over every position.
+
+    Args:
+        in_channels: C, channels of the input.
+        out_channels: F, number of filters (channels of the output).
+        kernel_size: k, the filters are k×k.
+        stride: S >= 1.
+        padding: P as an int, "same" (P = (k-1)/2; stride 1, odd k) or "valid" (P = 0).
+        bias: learn a per-filter bias.
+        rng: seed or Generator for the initial weights ~ N(0, 0.01^2) (the article's init).
+
+    Shape:
+        (N, C, H, W) -> (N, F, OH, OW), OH = floor((H - k + 2P) / S) + 1, likewise OW.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | str = 0,
+        bias: bool = True,
+        rng: init.RngLike = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive("Conv2d", "in_channels", in_channels)
+        self.out_channels = check_positive("Conv2d", "out_channels", out_channels)
+        self.kernel_size = check_positive("Conv2d", "kernel_size", kernel_size)
+        self.stride = check_positive("Conv2d", "stride", stride)
+        self.padding = padding
+        self.pad = F.resolve_padding("Conv2d", padding, self.kernel_size, self.stride)
+        k = self.kernel_size
+        self.weight = init.normal_(init.new_param((out_channels, in_channels, k, k)), 0.01, rng)
+        self.bias = init.new_param((out_channels,)) if bias else None
+        self._cache: tuple | None = None
+
+    def forward(self, x: Any) -> Any:
+        b = self.bias.data if self.bias is not None else None
+        y, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.pad)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        if self._cache is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        need_params = self.weight.requires_grad or (
+            self.bias is not None and self.bias.requires_grad
+        )
+        dx, dw, db = F.conv2d_backward(dy, self._cache, need_params=need_params)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 3 or in_shape[0] != self.in_channels:
+            raise ValueError(
+                f"Conv2d: expected a (C={self.in_channels}, H, W) sample, got {tuple(in_shape)}"
+            )
+        oh, ow = window_out_size("Conv2d", in_shape, self.kernel_size, self.stride, self.pad)
+        return (self.out_channels, oh, ow)
+
+    def flops(self, in_shape: Shape) -> int:
+        f, oh, ow = self.output_shape(in_shape)
+        return 2 * self.in_channels * self.kernel_size**2 * f * oh * ow
+
+    def dense_equivalent(self, in_shape: Shape) -> int:
+        c, h, w = in_shape
+        f, oh, ow = self.output_shape(in_shape)
+        return (c * h * w) * (f * oh * ow) + f * oh * ow
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding!r}, bias={self.bias is not None}"
+        )

@@ -1,0 +1,9 @@
+"""Optimizers (SGD, Adam) and the plateau scheduler; state is keyed by parameter."""
+
+from gpucnn.optim.adam import Adam
+from gpucnn.optim.improvement import Improvement
+from gpucnn.optim.optimizer import Optimizer
+from gpucnn.optim.scheduler import ReduceLROnPlateau
+from gpucnn.optim.sgd import SGD
+
+__all__ = ["SGD", "Adam", "Improvement", "Optimizer", "ReduceLROnPlateau"]

@@ -1,0 +1,71 @@
+"""Adam (Kingma & Ba 2015) with AMSGrad (Reddi et al. 2018) and L2 weight decay, as PyTorch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from gpucnn.backend import backend_of
+from gpucnn.nn.module import Parameter
+from gpucnn.optim.optimizer import Optimizer, check_range
+
+
+class Adam(Optimizer):
+    """At step t, for gradient g (plus weight_decay * p, the L2 form PyTorch's Adam uses):
+
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g^2
+        vmax = max(vmax, v)                       (amsgrad only; v below becomes vmax)
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    Args:
+        params: the parameters to update.
+        lr: learning rate.
+        betas: (b1, b2), decay rates of the first and second moment estimates.
+        eps: added to the denominator for stability.
+        weight_decay: L2 penalty added to the gradient.
+        amsgrad: keep the running maximum of v (the AMSGrad variant).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        super().__init__(params, lr)
+        b1, b2 = betas
+        self.betas = (check_range("Adam", "beta1", b1, 0.0, 1.0),
+                      check_range("Adam", "beta2", b2, 0.0, 1.0))
+        self.eps = check_range("Adam", "eps", eps, 0.0)
+        self.weight_decay = check_range("Adam", "weight_decay", weight_decay, 0.0)
+        self.amsgrad = amsgrad
+
+    def _update(self, p: Parameter, grad: Any, state: dict[str, Any]) -> None:
+        w = p.data
+        xp = backend_of(w).xp
+        dt = w.dtype.type
+        b1, b2 = self.betas
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros_like(w)
+            state["exp_avg_sq"] = xp.zeros_like(w)
+            if self.amsgrad:
+                state["max_exp_avg_sq"] = xp.zeros_like(w)
+        state["step"] += 1
+        t = state["step"]
+        g = grad + dt(self.weight_decay) * w if self.weight_decay else grad
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m += dt(1 - b1) * (g - m)
+        v *= dt(b2)
+        v += dt(1 - b2) * g * g
+        if self.amsgrad:
+            xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            v = state["max_exp_avg_sq"]
+        step_size = self.lr / (1 - b1**t)
+        denom = xp.sqrt(v) / dt(math.sqrt(1 - b2**t)) + dt(self.eps)
+        w -= dt(step_size) * (m / denom)

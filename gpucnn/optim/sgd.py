@@ -1,0 +1,54 @@
+"""Stochastic gradient descent with momentum and weight decay (PyTorch's formulation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from gpucnn.nn.module import Parameter
+from gpucnn.optim.optimizer import Optimizer, check_range
+
+
+class SGD(Optimizer):
+    """g = grad + weight_decay * p;  v = momentum * v + (1 - dampening) * g (v = g at step 1);
+    p -= lr * (g + momentum * v if nesterov else v)   (v = g without momentum).
+
+    Args:
+        params: the parameters to update.
+        lr: learning rate.
+        momentum: factor mu >= 0.
+        weight_decay: L2 penalty added to the gradient.
+        dampening: damping of the momentum.
+        nesterov: use Nesterov momentum.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__(params, lr)
+        self.momentum = check_range("SGD", "momentum", momentum, 0.0)
+        self.weight_decay = check_range("SGD", "weight_decay", weight_decay, 0.0)
+        self.dampening = float(dampening)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov needs momentum > 0 and dampening 0")
+        self.nesterov = nesterov
+
+    def _update(self, p: Parameter, grad: Any, state: dict[str, Any]) -> None:
+        w = p.data
+        dt = w.dtype.type
+        g = grad + dt(self.weight_decay) * w if self.weight_decay else grad
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= dt(self.momentum)
+                buf += dt(1 - self.dampening) * g
+            g = g + dt(self.momentum) * buf if self.nesterov else buf
+        w -= dt(self.lr) * g
