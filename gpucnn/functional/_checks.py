@@ -22,16 +22,16 @@ def check_rank(layer: str, x: Any, ndim: int, layout: str) -> None:
 def check_float(layer: str, x: Any, like: Any = None) -> None:
     """Require float32 (float64 is accepted for gradient checks) and, with ``like``, a match."""
     dtype = np.dtype(x.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{layer}: expected float32 input, got {dtype} with shape {tuple(x.shape)}; "
+            "convert images with .astype(np.float32) (and normalize them) first"
+        )
     if like is not None and dtype != like.dtype:
         raise ValueError(
             f"{layer}: input dtype {dtype} does not match the layer's parameters "
             f"({like.dtype}); convert the input with .astype(np.{like.dtype}) "
             f"(input shape {tuple(x.shape)})"
-        )
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(
-            f"{layer}: expected float32 input, got {dtype} with shape {tuple(x.shape)}; "
-            "convert images with .astype(np.float32) (and normalize them) first"
         )
 
 
@@ -49,9 +49,7 @@ def check_positive(layer: str, name: str, value: Any) -> int:
     return int(value)
 
 
-def window_out_size(
-    layer: str, x_shape: tuple, k: int, stride: int, pad: int
-) -> tuple[int, int]:
+def window_out_size(layer: str, x_shape: tuple, k: int, stride: int, pad: int) -> tuple[int, int]:
     """Output height and width of a k×k window sliding with ``stride`` over a padded input.
 
     Rule: OH = floor((H - k + 2P) / S) + 1, defined only when k <= H + 2P (likewise for W).

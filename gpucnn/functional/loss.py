@@ -1,8 +1,8 @@
 """Softmax cross-entropy, fused: the loss and its gradient never form log(softmax) naively.
 
-    loss = -(1/N) sum_n log softmax(z_n)[y_n]
-         = (1/N) sum_n (logsumexp(z_n) - z_n[y_n])
-    dloss/dz_n = (softmax(z_n) - onehot(y_n)) / N
+loss = -(1/N) sum_n log softmax(z_n)[y_n]
+     = (1/N) sum_n (logsumexp(z_n) - z_n[y_n])
+dloss/dz_n = (softmax(z_n) - onehot(y_n)) / N
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ def check_labels(layer: str, labels: Any, n: int, num_classes: int) -> None:
         shape = getattr(labels, "shape", type(labels).__name__)
         raise ValueError(f"{layer}: expected labels of shape ({n},) for {n} logits, got {shape}")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{layer}: labels must be integer class indices, got dtype {labels.dtype}"
-        )
+        raise ValueError(f"{layer}: labels must be integer class indices, got dtype {labels.dtype}")
     if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(
             f"{layer}: labels must lie in [0, {num_classes}) for logits of shape "

@@ -69,9 +69,9 @@ def global_avgpool2d_backward(dy: Any, x_shape: tuple) -> Any:
     """Shape: (N, C) -> (N, C, H, W); every position receives dy / (H*W)."""
     xp = backend_of(dy).xp
     h, w = x_shape[2:]
-    return xp.ascontiguousarray(
-        xp.broadcast_to((dy / (h * w))[:, :, None, None], x_shape)
-    ).astype(dy.dtype, copy=False)
+    return xp.ascontiguousarray(xp.broadcast_to((dy / (h * w))[:, :, None, None], x_shape)).astype(
+        dy.dtype, copy=False
+    )
 
 
 def global_maxpool2d_forward(x: Any) -> tuple[Any, tuple]:

@@ -1,7 +1,7 @@
 """Models by name: the article's seed CNN and the three networks it cites.
 
-    model = gpucnn.models.build("seed")           # or "lenet5", "vgg", "resnet18", "resnet"
-    model.summary((1, 28, 28))
+model = gpucnn.models.build("seed")           # or "lenet5", "vgg", "resnet18", "resnet"
+model.summary((1, 28, 28))
 """
 
 from __future__ import annotations

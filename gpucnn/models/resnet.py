@@ -70,8 +70,6 @@ def resnet18(num_classes: int = 10, in_channels: int = 1, rng: RngLike = None) -
     return resnet(num_classes, in_channels, rng)
 
 
-def resnet_small(
-    num_classes: int = 10, in_channels: int = 1, rng: RngLike = None
-) -> nn.Sequential:
+def resnet_small(num_classes: int = 10, in_channels: int = 1, rng: RngLike = None) -> nn.Sequential:
     """A narrow ResNet for quick CPU runs: one BasicBlock per stage at widths 16, 32, 64."""
     return resnet(num_classes, in_channels, rng, widths=(16, 32, 64), blocks=(1, 1, 1))

@@ -43,8 +43,14 @@ class BatchNorm2d(Module):
 
     def forward(self, x: Any) -> Any:
         y, self._cache = F.batchnorm2d_forward(
-            x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-            self.training, self.momentum, self.eps,
+            x,
+            self.weight.data,
+            self.bias.data,
+            self.running_mean,
+            self.running_var,
+            self.training,
+            self.momentum,
+            self.eps,
         )
         return y
 

@@ -49,7 +49,10 @@ class Parameter:
             self.grad += g
 
     def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.data.dtype}, requires_grad={self.requires_grad})"
+        return (
+            f"Parameter(shape={self.shape}, dtype={self.data.dtype}, "
+            f"requires_grad={self.requires_grad})"
+        )
 
 
 class Module:
@@ -216,8 +219,14 @@ class Module:
     def summary_rows(self, in_shape: Shape, name: str) -> tuple[list[tuple], Shape]:
         out = self.output_shape(in_shape)
         own = sum(p.size for p in self._params.values())
-        row = (name or type(self).__name__, type(self).__name__, out, own,
-               self.flops(in_shape), self.dense_equivalent(in_shape))
+        row = (
+            name or type(self).__name__,
+            type(self).__name__,
+            out,
+            own,
+            self.flops(in_shape),
+            self.dense_equivalent(in_shape),
+        )
         return [row], out
 
     def summary(self, input_shape: Shape, print_fn: Any = print) -> str:
@@ -234,8 +243,14 @@ class Module:
         rows, out = self.summary_rows(shape, "")
         head = ("layer", "type", "output shape", "params", "FLOPs", "dense-equivalent params")
         table = [head] + [
-            (r[0], r[1], str(tuple(r[2])), f"{r[3]:,}", f"{r[4]:,}",
-             "" if r[5] is None else f"{r[5]:,}")
+            (
+                r[0],
+                r[1],
+                str(tuple(r[2])),
+                f"{r[3]:,}",
+                f"{r[4]:,}",
+                "" if r[5] is None else f"{r[5]:,}",
+            )
             for r in rows
         ]
         widths = [max(len(t[i]) for t in table) for i in range(len(head))]
@@ -305,6 +320,8 @@ class Sequential(Module):
     def summary_rows(self, in_shape: Shape, name: str) -> tuple[list[tuple], Shape]:
         rows: list[tuple] = []
         for child_name, layer in self._modules.items():
-            r, in_shape = layer.summary_rows(in_shape, f"{name}.{child_name}" if name else child_name)
+            r, in_shape = layer.summary_rows(
+                in_shape, f"{name}.{child_name}" if name else child_name
+            )
             rows += r
         return rows, in_shape

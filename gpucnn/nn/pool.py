@@ -16,11 +16,13 @@ class _Pool2d(Module):
     def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0) -> None:
         super().__init__()
         self.kernel_size = check_positive(self.name, "kernel_size", kernel_size)
-        self.stride = self.kernel_size if stride is None else check_positive(
-            self.name, "stride", stride
+        self.stride = (
+            self.kernel_size if stride is None else check_positive(self.name, "stride", stride)
         )
-        if isinstance(padding, bool) or not isinstance(padding, int) or not (
-            0 <= 2 * padding <= self.kernel_size
+        if (
+            isinstance(padding, bool)
+            or not isinstance(padding, int)
+            or not (0 <= 2 * padding <= self.kernel_size)
         ):
             raise ValueError(
                 f"{self.name}: padding must be an integer in [0, kernel_size/2], got {padding!r}"

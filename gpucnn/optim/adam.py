@@ -39,8 +39,10 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(params, lr)
         b1, b2 = betas
-        self.betas = (check_range("Adam", "beta1", b1, 0.0, 1.0),
-                      check_range("Adam", "beta2", b2, 0.0, 1.0))
+        self.betas = (
+            check_range("Adam", "beta1", b1, 0.0, 1.0),
+            check_range("Adam", "beta2", b2, 0.0, 1.0),
+        )
         self.eps = check_range("Adam", "eps", eps, 0.0)
         self.weight_decay = check_range("Adam", "weight_decay", weight_decay, 0.0)
         self.amsgrad = amsgrad

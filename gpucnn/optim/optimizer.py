@@ -45,11 +45,11 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """lr and each parameter's state as host arrays, keyed "<index>.<name>"."""
+        """lr and each parameter's state as host copies, keyed "<index>.<name>"."""
         out: dict[str, Any] = {"lr": np.float64(self.lr)}
         for i, p in enumerate(self.params):
             for name, value in self.state.get(p, {}).items():
-                out[f"{i}.{name}"] = to_host(value) if hasattr(value, "shape") else np.asarray(value)
+                out[f"{i}.{name}"] = np.array(to_host(value))  # a copy: state mutates in place
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -63,7 +63,7 @@ class Optimizer:
             p = self.params[int(idx)]
             value = np.asarray(value)
             if value.ndim:
-                value = backend_of(p.data).xp.asarray(value, dtype=p.data.dtype)
+                value = backend_of(p.data).xp.array(value, dtype=p.data.dtype)  # owns its memory
             else:
                 value = value.item()
             self.state.setdefault(p, {})[name] = value

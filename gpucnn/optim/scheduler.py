@@ -71,8 +71,11 @@ class ReduceLROnPlateau:
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "num_bad_epochs": self.num_bad_epochs,
-                "cooldown_counter": self.cooldown_counter}
+        return {
+            "best": self.best,
+            "num_bad_epochs": self.num_bad_epochs,
+            "cooldown_counter": self.cooldown_counter,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = float(state["best"])

@@ -13,9 +13,7 @@ def _out(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def im2col(
-    x: np.ndarray, k: int, stride: int, pad: int, pad_value: float = 0.0
-) -> np.ndarray:
+def im2col(x: np.ndarray, k: int, stride: int, pad: int, pad_value: float = 0.0) -> np.ndarray:
     """Unfold the k×k windows of ``x`` into columns.
 
     Shape: (N, C, H, W) -> (C*k*k, N*OH*OW), OH = floor((H + 2*pad - k) / stride) + 1.
@@ -47,7 +45,9 @@ def col2im(
     hi, wi = stride * (oh - 1) + 1, stride * (ow - 1) + 1
     for i in range(k):
         for j in range(k):
-            out[:, :, i : i + hi : stride, j : j + wi : stride] += cols[:, i, j].transpose(1, 0, 2, 3)
+            out[:, :, i : i + hi : stride, j : j + wi : stride] += cols[:, i, j].transpose(
+                1, 0, 2, 3
+            )
     if pad:
         out = np.ascontiguousarray(out[:, :, pad : pad + h, pad : pad + w])
     return out

@@ -1,0 +1,59 @@
+"""The backend seam: device names, the CPU backend, and honest CUDA errors."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpucnn.backend import (
+    CPU,
+    BackendUnavailableError,
+    backend_of,
+    get_backend,
+    to_device,
+    to_host,
+)
+
+
+def test_cpu_backend():
+    be = get_backend("cpu")
+    assert be.name == "cpu" and be.xp is np
+    assert backend_of(np.zeros(3)) is CPU
+
+
+def test_auto_picks_cpu_without_a_gpu_and_says_so(caplog):
+    with caplog.at_level(logging.INFO, logger="gpucnn"):
+        assert get_backend("auto") is CPU
+    assert "picked cpu" in caplog.text
+
+
+def test_cuda_without_a_gpu_names_what_is_missing():
+    with pytest.raises(BackendUnavailableError, match=r"device 'cuda' is unavailable: \w+"):
+        get_backend("cuda")
+
+
+def test_unknown_device():
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        get_backend("tpu")
+
+
+def test_to_device_and_to_host_on_the_cpu():
+    a = np.arange(4.0)
+    assert to_device(a, "cpu") is a
+    assert to_host(a) is a
+    np.testing.assert_array_equal(to_host([1, 2]), [1, 2])
+
+
+def test_import_needs_numpy_alone():
+    """`import gpucnn` pulls in no GPU library, no Prefect and no torch."""
+    code = (
+        "import sys, gpucnn, gpucnn.models, gpucnn.optim; "
+        "bad = [m for m in ('cupy', 'numba.cuda', 'prefect', 'torch', 'requests') "
+        "if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
