@@ -11,8 +11,7 @@ from gpucnn.functional._checks import check_float
 def relu_forward(x: Any) -> tuple[Any, Any]:
     """y = max(x, 0). Shape: any -> same. The cache is the mask x > 0."""
     check_float("ReLU", x)
-    mask = x > 0
-    return x * mask, mask
+    return backend_of(x).xp.maximum(x, 0), x > 0  # maximum keeps NaN visible
 
 
 def relu_backward(dy: Any, mask: Any) -> Any:

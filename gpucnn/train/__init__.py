@@ -1,0 +1,36 @@
+"""Training: the Trainer, callbacks, checkpoints, metrics and transfer learning."""
+
+from gpucnn.train.callbacks import Callback, EarlyStopping, ModelCheckpoint, PlateauScheduler
+from gpucnn.train.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from gpucnn.train.errors import CheckpointError, NonFiniteLossError, TrainingError
+from gpucnn.train.metrics import accuracy, confusion_matrix, per_class_accuracy, topk_accuracy
+from gpucnn.train.trainer import Trainer
+from gpucnn.train.transfer import freeze, load_weights, replace_head, unfreeze
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Callback",
+    "Checkpoint",
+    "CheckpointError",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "NonFiniteLossError",
+    "PlateauScheduler",
+    "Trainer",
+    "TrainingError",
+    "accuracy",
+    "confusion_matrix",
+    "freeze",
+    "load_checkpoint",
+    "load_weights",
+    "per_class_accuracy",
+    "replace_head",
+    "save_checkpoint",
+    "topk_accuracy",
+    "unfreeze",
+]

@@ -1,0 +1,242 @@
+"""Callbacks: early stopping, the plateau scheduler, and checkpointing.
+
+EarlyStopping and PlateauScheduler decide "better" with the same rule
+(gpucnn.optim.Improvement), so min_delta / threshold mean the same thing in both.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpucnn.optim import Improvement, ReduceLROnPlateau
+
+if TYPE_CHECKING:
+    from gpucnn.train.trainer import Trainer
+
+
+def infer_mode(monitor: str, mode: str) -> str:
+    """ "auto": maximise accuracies, minimise everything else."""
+    if mode != "auto":
+        return mode
+    return "max" if "acc" in monitor else "min"
+
+
+class Callback:
+    """Hooks called by the Trainer. ``key`` names its state in checkpoints; ``order`` sorts
+    callbacks (checkpointing runs last, so it saves everyone's updated state)."""
+
+    order = 0
+
+    @property
+    def key(self) -> str:
+        return type(self).__name__
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        pass
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _metric(logs: dict[str, float], monitor: str, who: str) -> float:
+    if monitor not in logs:
+        raise KeyError(
+            f"{who}: monitored metric {monitor!r} is not in this epoch's logs "
+            f"({', '.join(sorted(logs))}); pass a validation loader or monitor another metric"
+        )
+    return float(logs[monitor])
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs; with restore_best_weights, the model ends with the weights of its best epoch.
+
+    Args:
+        monitor: a key of the epoch logs ("val_loss", "val_accuracy", ...).
+        patience: epochs without improvement before stopping.
+        min_delta: the absolute margin an improvement must clear.
+        mode: "min", "max" or "auto" (max for accuracies).
+        restore_best_weights: load the best epoch's weights when training ends.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 7,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best_weights: bool = True,
+    ) -> None:
+        if patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}")
+        self.monitor, self.patience = monitor, int(patience)
+        self.improved = Improvement(infer_mode(monitor, mode), float(min_delta), "abs")
+        self.restore_best_weights = restore_best_weights
+        self.best = self.improved.worst
+        self.wait = 0
+        self.best_epoch = -1
+        self.stopped_epoch = -1
+        self.best_weights: dict[str, np.ndarray] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        current = _metric(logs, self.monitor, "EarlyStopping")
+        if self.improved(current, self.best):
+            self.best, self.wait, self.best_epoch = current, 0, epoch
+            if self.restore_best_weights:
+                self.best_weights = trainer.model.state_dict()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            trainer.stop_training = True
+            trainer.log(
+                f"early stopping at epoch {epoch + 1}: {self.monitor} has not improved on "
+                f"{self.best:.5g} (epoch {self.best_epoch + 1}) for {self.wait} epochs"
+            )
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            trainer.model.load_state_dict(self.best_weights)
+            trainer.log(f"restored the weights of epoch {self.best_epoch + 1}")
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "best": self.best,
+            "wait": self.wait,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+        }
+        for name, value in (self.best_weights or {}).items():
+            state[f"best_weights/{name}"] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.best_epoch = int(state["best_epoch"])
+        self.stopped_epoch = int(state["stopped_epoch"])
+        prefix = "best_weights/"
+        weights = {k[len(prefix) :]: np.array(v) for k, v in state.items() if k.startswith(prefix)}
+        self.best_weights = weights or None
+
+
+class PlateauScheduler(Callback):
+    """ReduceLROnPlateau as a callback, stepped with ``monitor`` after each epoch.
+
+    Defaults are the article's: patience 3, factor 0.5, min_lr 1e-6.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.5,
+        patience: int = 3,
+        min_lr: float = 1e-6,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        mode: str = "auto",
+    ) -> None:
+        self.monitor = monitor
+        self.kwargs = {
+            "mode": infer_mode(monitor, mode),
+            "factor": factor,
+            "patience": patience,
+            "min_lr": min_lr,
+            "threshold": threshold,
+            "threshold_mode": threshold_mode,
+            "cooldown": cooldown,
+        }
+        self.scheduler: ReduceLROnPlateau | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if self.scheduler is None or self.scheduler.optimizer is not trainer.optimizer:
+            self.scheduler = ReduceLROnPlateau(trainer.optimizer, **self.kwargs)
+        if self._pending is not None:
+            self.scheduler.load_state_dict(self._pending)
+            self._pending = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        assert self.scheduler is not None
+        old = trainer.optimizer.lr
+        if self.scheduler.step(_metric(logs, self.monitor, "PlateauScheduler")):
+            trainer.log(
+                f"{self.monitor} plateaued: learning rate {old:.3g} -> {trainer.optimizer.lr:.3g}"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict() if self.scheduler is not None else (self._pending or {})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = {k: (v.item() if hasattr(v, "item") else v) for k, v in state.items()}
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+        else:
+            self._pending = state
+
+
+class ModelCheckpoint(Callback):
+    """Save ``last.npz`` after every epoch and ``best.npz`` when ``monitor`` improves.
+
+    Args:
+        directory: where the files go.
+        monitor: the metric that decides "best" (ignored when save_best is False).
+        mode: "min", "max" or "auto".
+        save_best: keep best.npz.
+        save_last: keep last.npz (what a crashed run resumes from).
+    """
+
+    order = 100
+
+    def __init__(
+        self,
+        directory: str | Path,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        save_best: bool = True,
+        save_last: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.improved = Improvement(infer_mode(monitor, mode), 0.0, "abs")
+        self.save_best, self.save_last = save_best, save_last
+        self.best = self.improved.worst
+
+    @property
+    def last_path(self) -> Path:
+        return self.directory / "last.npz"
+
+    @property
+    def best_path(self) -> Path:
+        return self.directory / "best.npz"
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        is_best = False
+        if self.save_best:
+            current = _metric(logs, self.monitor, "ModelCheckpoint")
+            if not math.isnan(current) and self.improved(current, self.best):
+                self.best, is_best = current, True
+        if self.save_last:
+            trainer.save_checkpoint(self.last_path)
+        if is_best:
+            trainer.save_checkpoint(self.best_path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])

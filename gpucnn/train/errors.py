@@ -1,0 +1,22 @@
+"""Typed training errors: never retried by the flows."""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """Training cannot go on (bad data from a loader, an impossible configuration)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"loss became {value} at epoch {epoch}, step {step}; training stopped and the last "
+            "good checkpoint was kept (try a lower learning rate)"
+        )
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used: unreadable, from another model, or a newer format."""

@@ -1,0 +1,292 @@
+"""The Trainer: the loop that ties model, loss, optimizer, data and callbacks together.
+
+Per step: zero_grad, forward, loss, backward, global gradient norm, optimizer step. Per-step
+losses and gradient norms are written into device arrays and read by the host only every
+``log_every`` steps and at the end of an epoch, so a GPU step does no host sync.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpucnn.backend import get_backend, to_host
+from gpucnn.functional.loss import check_labels
+from gpucnn.nn import Module
+from gpucnn.train.callbacks import Callback
+from gpucnn.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from gpucnn.train.errors import NonFiniteLossError, TrainingError
+from gpucnn.train.progress import Progress
+
+log = logging.getLogger("gpucnn.train")
+
+HISTORY_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "grad_norm_mean",
+    "grad_norm_max",
+    "elapsed_s",
+    "images_per_s",
+)
+
+
+class Trainer:
+    """Fit a model with a criterion and an optimizer, calling callbacks after each epoch.
+
+    Args:
+        model: the network (moved to ``device``).
+        criterion: e.g. nn.CrossEntropyLoss().
+        optimizer: e.g. optim.Adam(model.parameters()).
+        device: "cpu", "cuda" or "auto".
+        callbacks: EarlyStopping, PlateauScheduler, ModelCheckpoint, ...
+        log_every: steps between host reads of the running loss (progress, NaN check on GPU).
+        history_path: where the history JSON is written after every epoch, or None.
+        config: the run's settings, saved in checkpoints.
+        progress: draw a progress bar on a terminal / log epoch lines.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        criterion: Any,
+        optimizer: Any,
+        device: str = "cpu",
+        callbacks: list[Callback] | tuple[Callback, ...] = (),
+        log_every: int = 50,
+        history_path: str | os.PathLike | None = None,
+        config: dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.backend = get_backend(device)
+        self.model = model.to(self.backend.name)
+        self.criterion, self.optimizer = criterion, optimizer
+        self.callbacks = sorted(callbacks, key=lambda c: c.order)
+        keys = [c.key for c in self.callbacks]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"Trainer: two callbacks share a state key: {keys}")
+        self.log_every = max(1, int(log_every))
+        self.history_path = Path(history_path) if history_path is not None else None
+        self.config = dict(config or {})
+        self.progress = Progress(progress)
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.stop_training = False
+        self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
+        self.history["step_grad_norm"] = []
+
+    # -- messages -------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        log.info("%s", message)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _callback_states(self) -> dict[str, Callback]:
+        return {c.key: c for c in self.callbacks}
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Everything needed to continue this run exactly: weights, optimizer, callbacks,
+        generators, epoch, step, config and history."""
+        return save_checkpoint(
+            path,
+            self.model,
+            self.optimizer,
+            self._callback_states(),
+            self.epoch,
+            self.global_step,
+            self.config,
+            self.history,
+        )
+
+    def load_checkpoint(self, path: str | os.PathLike) -> Checkpoint:
+        """Resume from a checkpoint written by :meth:`save_checkpoint` (same model)."""
+        ckpt = load_checkpoint(path)
+        ckpt.restore(self.model, self.optimizer, self._callback_states())
+        self.epoch, self.global_step = ckpt.epoch, ckpt.step
+        if ckpt.history:
+            self.history = {k: list(v) for k, v in ckpt.history.items()}
+        self.stop_training = False
+        self.log(f"resumed from {path} after epoch {self.epoch} (step {self.global_step})")
+        return ckpt
+
+    # -- checks before any work -----------------------------------------------------------
+    def check_loader(self, loader: Any, name: str) -> None:
+        """Look at the first batch (and all labels, when the loader exposes them) before the
+        first step, so bad data fails fast with the loader's name in the message."""
+        try:
+            x, y = next(iter(loader))
+        except StopIteration:
+            raise TrainingError(f"{name} loader yields no batches") from None
+        if getattr(x, "ndim", 0) < 2 or getattr(y, "ndim", 0) != 1 or len(x) != len(y):
+            raise TrainingError(
+                f"{name} loader yields x of shape {getattr(x, 'shape', None)} and labels of "
+                f"shape {getattr(y, 'shape', None)}; expected (N, C, H, W) and (N,)"
+            )
+        try:
+            out = self.model.output_shape(tuple(x.shape[1:]))
+        except ValueError as exc:
+            raise TrainingError(
+                f"{name} loader yields batches of shape {tuple(x.shape)} that the model cannot "
+                f"take: {exc}"
+            ) from exc
+        labels = getattr(loader, "labels", y)
+        try:
+            check_labels(f"{name} loader", to_host(labels), len(labels), out[0])
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from exc
+
+    # -- the loop -------------------------------------------------------------------------
+    def _grad_norm(self) -> Any:
+        xp = self.backend.xp
+        total = xp.zeros((), dtype=np.float32)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                total += (p.grad * p.grad).sum()
+        return xp.sqrt(total)
+
+    def _check_finite(self, losses: Any, upto: int, checked: int, epoch: int) -> int:
+        chunk = to_host(losses[checked:upto])
+        bad = np.flatnonzero(~np.isfinite(chunk))
+        if bad.size:
+            raise NonFiniteLossError(epoch + 1, checked + int(bad[0]) + 1, float(chunk[bad[0]]))
+        return upto
+
+    def _train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict[str, float]:
+        xp = self.backend.xp
+        self.model.train()
+        n_batches = len(loader)
+        losses = xp.zeros(n_batches, dtype=np.float32)
+        norms = xp.zeros(n_batches, dtype=np.float32)
+        sizes = np.zeros(n_batches, dtype=np.int64)
+        correct = xp.zeros((), dtype=np.int64)
+        # on the CPU reading the loss costs nothing, so check every step (before the update)
+        check_every = 1 if self.backend.name == "cpu" else self.log_every
+        checked = 0
+        self.progress.begin(f"epoch {epoch + 1}/{epochs}", n_batches)
+        start = time.perf_counter()
+        i = -1
+        for i, (x, y) in enumerate(loader):
+            self.model.zero_grad()
+            logits = self.model(x)
+            losses[i] = self.criterion(logits, y)
+            if (i + 1) % check_every == 0:
+                checked = self._check_finite(losses, i + 1, checked, epoch)
+            self.model.backward(self.criterion.backward())
+            norms[i] = self._grad_norm()
+            self.optimizer.step()
+            correct += (logits.argmax(axis=1) == y).sum()
+            sizes[i] = len(y)
+            self.global_step += 1
+            if (i + 1) % self.log_every == 0:
+                self.progress.update(i + 1, f"loss {float(losses[i]):.4f}")
+        if i + 1 != n_batches:
+            raise TrainingError(f"train loader yielded {i + 1} batches but len() says {n_batches}")
+        self._check_finite(losses, n_batches, checked, epoch)
+        elapsed = time.perf_counter() - start
+        host_losses, host_norms = to_host(losses), to_host(norms)
+        seen = int(sizes.sum())
+        self.history["step_grad_norm"].extend(float(v) for v in host_norms)
+        return {
+            "train_loss": float((host_losses * sizes).sum() / seen),
+            "train_accuracy": int(correct) / seen,
+            "grad_norm_mean": float(host_norms.mean()),
+            "grad_norm_max": float(host_norms.max()),
+            "images_per_s": seen / elapsed,
+            "train_time_s": elapsed,
+        }
+
+    def evaluate(self, loader: Any) -> dict[str, float]:
+        """Loss and accuracy over a loader, in eval mode (dropout off, BatchNorm running stats)."""
+        logits, labels = self._forward_all(loader)
+        loss = self.criterion(logits, labels)
+        return {"loss": float(loss), "accuracy": float((logits.argmax(axis=1) == labels).mean())}
+
+    def predict(self, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+        """All logits and labels of a loader as host arrays (one transfer at the end)."""
+        logits, labels = self._forward_all(loader)
+        return to_host(logits), to_host(labels)
+
+    def _forward_all(self, loader: Any) -> tuple[Any, Any]:
+        self.model.eval()
+        xp = self.backend.xp
+        outs, ys = [], []
+        try:
+            for x, y in loader:
+                outs.append(self.model(x))
+                ys.append(y)
+        finally:
+            self.model.train()
+        if not outs:
+            raise TrainingError("evaluation loader yields no batches")
+        return xp.concatenate(outs), xp.concatenate(ys)
+
+    def fit(self, train_loader: Any, val_loader: Any = None, epochs: int = 1) -> dict[str, list]:
+        """Train until ``epochs`` epochs are completed (counting those of a resumed run) or a
+        callback stops training.
+
+        Returns:
+            The history: one entry per epoch for each of HISTORY_KEYS, and step_grad_norm.
+        """
+        if epochs < 1:
+            raise ValueError(f"Trainer.fit: epochs must be >= 1, got {epochs}")
+        self.check_loader(train_loader, "train")
+        if val_loader is not None:
+            self.check_loader(val_loader, "validation")
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        self.stop_training = False
+        while self.epoch < epochs and not self.stop_training:
+            epoch = self.epoch
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            lr = self.optimizer.lr
+            t0 = time.perf_counter()
+            logs = self._train_epoch(train_loader, epoch, epochs)
+            if val_loader is not None:
+                val = self.evaluate(val_loader)
+                logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
+            logs["lr"] = lr
+            logs["elapsed_s"] = time.perf_counter() - t0
+            self.epoch = epoch + 1
+            self.history["epoch"].append(self.epoch)
+            for k in HISTORY_KEYS[1:]:
+                self.history[k].append(logs.get(k, math.nan))
+            self.progress.end(self._summary(logs, epochs))
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, logs)
+            self.write_history()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _summary(self, logs: dict[str, float], epochs: int) -> str:
+        parts = [
+            f"epoch {self.epoch}/{epochs}",
+            f"train_loss {logs['train_loss']:.4f}",
+            f"train_acc {logs['train_accuracy']:.4f}",
+        ]
+        if "val_loss" in logs:
+            parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
+        parts += [
+            f"lr {logs['lr']:.3g}",
+            f"{logs['elapsed_s']:.1f}s",
+            f"{logs['images_per_s']:.0f} img/s",
+        ]
+        return "  ".join(parts)
+
+    def write_history(self) -> None:
+        if self.history_path is None:
+            return
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.history_path.with_suffix(".json.part")
+        tmp.write_text(json.dumps(self.history, indent=1, allow_nan=True))
+        os.replace(tmp, self.history_path)
