@@ -37,13 +37,17 @@ def build(
         seed: seed or Generator for the initial weights (None: fresh entropy).
 
     Returns:
-        The model, float32, on the CPU, in training mode.
+        The model (an nn.Sequential), float32, on the CPU, in training mode. Its first layer
+        has ``input_grad = False``: ``model.backward`` returns None.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     check_positive(name, "num_classes", num_classes)
     check_positive(name, "in_channels", in_channels)
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, rng=seed)
+    model = MODELS[name](num_classes=num_classes, in_channels=in_channels, rng=seed)
+    # the images need no gradient: the first conv skips its input-gradient GEMM and col2im
+    model[0].input_grad = False
+    return model
 
 
 __all__ = ["MODELS", "build", "lenet5", "resnet", "resnet18", "seed_cnn", "vgg"]

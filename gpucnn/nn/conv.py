@@ -24,6 +24,11 @@ class Conv2d(Module):
 
     Shape:
         (N, C, H, W) -> (N, F, OH, OW), OH = floor((H - k + 2P) / S) + 1, likewise OW.
+
+    Attributes:
+        input_grad: compute dx in backward (default). A network's first layer sets it False:
+            nothing needs the gradient of the images, so backward skips that GEMM and col2im
+            and returns None.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class Conv2d(Module):
         k = self.kernel_size
         self.weight = init.normal_(init.new_param((out_channels, in_channels, k, k)), 0.01, rng)
         self.bias = init.new_param((out_channels,)) if bias else None
+        self.input_grad = True
         self._cache: tuple | None = None
 
     def forward(self, x: Any) -> Any:
@@ -59,7 +65,9 @@ class Conv2d(Module):
         need_params = self.weight.requires_grad or (
             self.bias is not None and self.bias.requires_grad
         )
-        dx, dw, db = F.conv2d_backward(dy, self._cache, need_params=need_params)
+        dx, dw, db = F.conv2d_backward(
+            dy, self._cache, need_dx=self.input_grad, need_params=need_params
+        )
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)

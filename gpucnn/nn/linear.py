@@ -22,6 +22,9 @@ class Linear(Module):
 
     Shape:
         (N, in_features) -> (N, out_features); W is (out_features, in_features).
+
+    Attributes:
+        input_grad: compute dx in backward (default); False skips it and returns None.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class Linear(Module):
         self.out_features = check_positive("Linear", "out_features", out_features)
         self.weight = init.xavier_uniform_(init.new_param((out_features, in_features)), rng)
         self.bias = init.new_param((out_features,)) if bias else None
+        self.input_grad = True
         self._cache: tuple | None = None
 
     def forward(self, x: Any) -> Any:
@@ -45,7 +49,9 @@ class Linear(Module):
         need_params = self.weight.requires_grad or (
             self.bias is not None and self.bias.requires_grad
         )
-        dx, dw, db = F.linear_backward(dy, self._cache, need_params=need_params)
+        dx, dw, db = F.linear_backward(
+            dy, self._cache, need_dx=self.input_grad, need_params=need_params
+        )
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)

@@ -1,23 +1,115 @@
-"""Pooling windows on the CPU, as reductions over im2col columns of a (N*C, 1, H, W) view."""
+"""Pooling windows on the CPU: direct Numba loops over the N*C planes.
+
+The kernels are serial on purpose: OpenBLAS already keeps every core busy during the GEMMs,
+and a second spinning thread pool (Numba's) next to it made a training step slower, not
+faster (measured: 524 vs 957 images/s for the seed model on 2 cores).
+
+Max pooling keeps the index (within the window, i*k + j) of each window's winner for the
+backward pass; a NaN wins its window, so a NaN in the input stays visible downstream.
+"""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from gpucnn.backend.cpu.window import _out, col2im, im2col
+from gpucnn.backend.cpu.window import _out
+
+
+@numba.njit(cache=True)
+def _maxpool_fwd(x, k, stride, pad, y, arg):  # pragma: no cover - compiled
+    planes, h, w = x.shape
+    _, oh, ow = y.shape
+    for p in range(planes):
+        for oy in range(oh):
+            for ox in range(ow):
+                best = -np.inf
+                won = -1
+                for i in range(k):
+                    hy = oy * stride - pad + i
+                    if hy < 0 or hy >= h:
+                        continue
+                    for j in range(k):
+                        wx = ox * stride - pad + j
+                        if wx < 0 or wx >= w:
+                            continue
+                        v = x[p, hy, wx]
+                        if won < 0 or v > best or v != v:
+                            best = v
+                            won = i * k + j
+                            if v != v:
+                                break
+                    if best != best:
+                        break
+                y[p, oy, ox] = best
+                arg[p, oy, ox] = won
+
+
+@numba.njit(cache=True)
+def _maxpool_bwd(dy, arg, k, stride, pad, dx):  # pragma: no cover - compiled
+    planes, oh, ow = dy.shape
+    for p in range(planes):
+        for oy in range(oh):
+            for ox in range(ow):
+                a = arg[p, oy, ox]
+                dx[p, oy * stride - pad + a // k, ox * stride - pad + a % k] += dy[p, oy, ox]
+
+
+@numba.njit(cache=True)
+def _avgpool_fwd(x, k, stride, pad, y):  # pragma: no cover - compiled
+    planes, h, w = x.shape
+    _, oh, ow = y.shape
+    scale = x.dtype.type(1.0) / (k * k)
+    for p in range(planes):
+        for oy in range(oh):
+            for ox in range(ow):
+                acc = x.dtype.type(0.0)
+                for i in range(k):
+                    hy = oy * stride - pad + i
+                    if hy < 0 or hy >= h:
+                        continue
+                    for j in range(k):
+                        wx = ox * stride - pad + j
+                        if 0 <= wx < w:
+                            acc += x[p, hy, wx]
+                y[p, oy, ox] = acc * scale
+
+
+@numba.njit(cache=True)
+def _avgpool_bwd(dy, k, stride, pad, dx):  # pragma: no cover - compiled
+    planes, h, w = dx.shape
+    _, oh, ow = dy.shape
+    scale = dy.dtype.type(1.0) / (k * k)
+    for p in range(planes):
+        for oy in range(oh):
+            for ox in range(ow):
+                g = dy[p, oy, ox] * scale
+                for i in range(k):
+                    hy = oy * stride - pad + i
+                    if hy < 0 or hy >= h:
+                        continue
+                    for j in range(k):
+                        wx = ox * stride - pad + j
+                        if 0 <= wx < w:
+                            dx[p, hy, wx] += g
+
+
+def _planes(x: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x).reshape(n * c, h, w)
 
 
 def maxpool2d_fwd(x: np.ndarray, k: int, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Max over each window; also returns which window element won (for the backward pass).
+    """Max over each window, and which window element won (for the backward pass).
 
-    Shape: (N, C, H, W) -> y (N, C, OH, OW), argmax (N, C, OH, OW) int in [0, k*k).
-    Padding counts as -inf, so it never wins.
+    Shape: (N, C, H, W) -> y (N, C, OH, OW), argmax (N, C, OH, OW) int32 in [0, k*k).
+    Padding never wins.
     """
     n, c, h, w = x.shape
     oh, ow = _out(h, k, stride, pad), _out(w, k, stride, pad)
-    cols = im2col(x.reshape(n * c, 1, h, w), k, stride, pad, pad_value=-np.inf)
-    arg = cols.argmax(axis=0)
-    y = np.take_along_axis(cols, arg[None], axis=0)[0]
+    y = np.empty((n * c, oh, ow), dtype=x.dtype)
+    arg = np.empty((n * c, oh, ow), dtype=np.int32)
+    _maxpool_fwd(_planes(x), k, stride, pad, y, arg)
     return y.reshape(n, c, oh, ow), arg.reshape(n, c, oh, ow)
 
 
@@ -29,10 +121,9 @@ def maxpool2d_bwd(
     Shape: dy (N, C, OH, OW) -> dx (N, C, H, W).
     """
     n, c, h, w = x_shape
-    m = dy.size
-    dcols = np.zeros((k * k, m), dtype=dy.dtype)
-    dcols[arg.reshape(-1), np.arange(m)] = dy.reshape(-1)
-    return col2im(dcols, (n * c, 1, h, w), k, stride, pad).reshape(n, c, h, w)
+    dx = np.zeros((n * c, h, w), dtype=dy.dtype)
+    _maxpool_bwd(_planes(dy), _planes(arg), k, stride, pad, dx)
+    return dx.reshape(x_shape)
 
 
 def avgpool2d_fwd(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
@@ -42,13 +133,13 @@ def avgpool2d_fwd(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
     """
     n, c, h, w = x.shape
     oh, ow = _out(h, k, stride, pad), _out(w, k, stride, pad)
-    cols = im2col(x.reshape(n * c, 1, h, w), k, stride, pad)
-    return (cols.sum(axis=0) * x.dtype.type(1.0 / (k * k))).reshape(n, c, oh, ow)
+    y = np.empty((n * c, oh, ow), dtype=x.dtype)
+    _avgpool_fwd(_planes(x), k, stride, pad, y)
+    return y.reshape(n, c, oh, ow)
 
 
 def avgpool2d_bwd(dy: np.ndarray, x_shape: tuple, k: int, stride: int, pad: int) -> np.ndarray:
     """Spread each output gradient evenly over its window. Shape: (N, C, OH, OW) -> (N, C, H, W)."""
-    n, c, h, w = x_shape
-    g = dy.reshape(1, -1) * dy.dtype.type(1.0 / (k * k))
-    dcols = np.broadcast_to(g, (k * k, g.shape[1]))
-    return col2im(dcols, (n * c, 1, h, w), k, stride, pad).reshape(n, c, h, w)
+    dx = np.zeros((x_shape[0] * x_shape[1], *x_shape[2:]), dtype=dy.dtype)
+    _avgpool_bwd(_planes(dy), k, stride, pad, dx)
+    return dx.reshape(x_shape)

@@ -1,11 +1,12 @@
 """im2col / col2im: unfold sliding windows into columns and fold them back.
 
-The Python loops run over the k*k kernel offsets only; each iteration moves a whole strided
-(N, C, OH, OW) slab, so no loop ever visits pixels, channels or batch items one by one.
+Serial Numba kernels (see pool.py for why not parallel). Padding is fused: out-of-image
+positions read as ``pad_value`` instead of materialising a padded copy of the input.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
@@ -13,22 +14,59 @@ def _out(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
+@numba.njit(cache=True)
+def _im2col(x, k, stride, pad, pad_value, cols):  # pragma: no cover - compiled
+    n, c, h, w = x.shape
+    oh = (h + 2 * pad - k) // stride + 1
+    ow = (w + 2 * pad - k) // stride + 1
+    for row in range(c * k * k):
+        ci = row // (k * k)
+        i = (row // k) % k
+        j = row % k
+        for ni in range(n):
+            base = ni * oh * ow
+            for y in range(oh):
+                hy = y * stride - pad + i
+                inside_y = 0 <= hy < h
+                for xo in range(ow):
+                    wx = xo * stride - pad + j
+                    if inside_y and 0 <= wx < w:
+                        cols[row, base + y * ow + xo] = x[ni, ci, hy, wx]
+                    else:
+                        cols[row, base + y * ow + xo] = pad_value
+
+
+@numba.njit(cache=True)
+def _col2im(cols, k, stride, pad, out):  # pragma: no cover - compiled
+    n, c, h, w = out.shape
+    oh = (h + 2 * pad - k) // stride + 1
+    ow = (w + 2 * pad - k) // stride + 1
+    for ci in range(c):
+        for i in range(k):
+            for j in range(k):
+                row = (ci * k + i) * k + j
+                for ni in range(n):
+                    base = ni * oh * ow
+                    for y in range(oh):
+                        hy = y * stride - pad + i
+                        if hy < 0 or hy >= h:
+                            continue
+                        for xo in range(ow):
+                            wx = xo * stride - pad + j
+                            if 0 <= wx < w:
+                                out[ni, ci, hy, wx] += cols[row, base + y * ow + xo]
+
+
 def im2col(x: np.ndarray, k: int, stride: int, pad: int, pad_value: float = 0.0) -> np.ndarray:
-    """Unfold the k×k windows of ``x`` into columns.
+    """Unfold the k×k windows of ``x`` into columns; rows (c, i, j), columns (n, oh, ow).
 
     Shape: (N, C, H, W) -> (C*k*k, N*OH*OW), OH = floor((H + 2*pad - k) / stride) + 1.
     """
     n, c, h, w = x.shape
     oh, ow = _out(h, k, stride, pad), _out(w, k, stride, pad)
-    if pad:
-        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=pad_value)
-    cols = np.empty((c, k, k, n, oh, ow), dtype=x.dtype)
-    hi, wi = stride * (oh - 1) + 1, stride * (ow - 1) + 1
-    for i in range(k):
-        for j in range(k):
-            # (N, C, OH, OW) slab of every window's (i, j) element, stored channel-major
-            cols[:, i, j] = x[:, :, i : i + hi : stride, j : j + wi : stride].transpose(1, 0, 2, 3)
-    return cols.reshape(c * k * k, n * oh * ow)
+    cols = np.empty((c * k * k, n * oh * ow), dtype=x.dtype)
+    _im2col(np.ascontiguousarray(x), k, stride, pad, x.dtype.type(pad_value), cols)
+    return cols
 
 
 def col2im(
@@ -38,16 +76,6 @@ def col2im(
 
     Shape: (C*k*k, N*OH*OW) -> (N, C, H, W).
     """
-    n, c, h, w = x_shape
-    oh, ow = _out(h, k, stride, pad), _out(w, k, stride, pad)
-    out = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
-    cols = cols.reshape(c, k, k, n, oh, ow)
-    hi, wi = stride * (oh - 1) + 1, stride * (ow - 1) + 1
-    for i in range(k):
-        for j in range(k):
-            out[:, :, i : i + hi : stride, j : j + wi : stride] += cols[:, i, j].transpose(
-                1, 0, 2, 3
-            )
-    if pad:
-        out = np.ascontiguousarray(out[:, :, pad : pad + h, pad : pad + w])
+    out = np.zeros(x_shape, dtype=cols.dtype)
+    _col2im(np.ascontiguousarray(cols), k, stride, pad, out)
     return out
