@@ -12,12 +12,13 @@ from gpucnn import nn
 from gpucnn.functional._checks import check_positive
 from gpucnn.models.lenet import lenet5
 from gpucnn.models.resnet import resnet, resnet18, resnet_small
-from gpucnn.models.seed import seed_cnn
+from gpucnn.models.seed import seed_cnn, seed_cnn_bn
 from gpucnn.models.vgg import vgg
 from gpucnn.nn.init import RngLike
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed": seed_cnn,
+    "seed-bn": seed_cnn_bn,
     "lenet5": lenet5,
     "vgg": vgg,
     "resnet18": resnet18,
@@ -31,7 +32,7 @@ def build(
     """Build a registered model.
 
     Args:
-        name: one of ``MODELS`` ("seed", "lenet5", "vgg", "resnet18", "resnet").
+        name: one of ``MODELS`` ("seed", "seed-bn", "lenet5", "vgg", "resnet18", "resnet").
         num_classes: outputs of the last layer.
         in_channels: channels of the input images (1 for MNIST).
         seed: seed or Generator for the initial weights (None: fresh entropy).
@@ -50,4 +51,4 @@ def build(
     return model
 
 
-__all__ = ["MODELS", "build", "lenet5", "resnet", "resnet18", "seed_cnn", "vgg"]
+__all__ = ["MODELS", "build", "lenet5", "resnet", "resnet18", "seed_cnn", "seed_cnn_bn", "vgg"]

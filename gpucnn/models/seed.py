@@ -26,3 +26,30 @@ def seed_cnn(num_classes: int = 10, in_channels: int = 1, rng: RngLike = None) -
         nn.ReLU(),
         nn.Linear(128, num_classes, rng=rng),
     )
+
+
+def seed_cnn_bn(
+    num_classes: int = 10, in_channels: int = 1, rng: RngLike = None, dropout: float = 0.25
+) -> nn.Sequential:
+    """The seed CNN regularised for augmentation runs: BatchNorm after each conv (whose bias
+    BatchNorm's shift makes redundant), dropout after the features and before the classifier.
+
+    Shape: (N, in_channels, 28, 28) -> (N, num_classes).
+    """
+    rng = as_rng(rng)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1, bias=False, rng=rng),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, bias=False, rng=rng),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(dropout, rng=rng),
+        nn.Linear(64 * 7 * 7, 128, rng=rng),
+        nn.ReLU(),
+        nn.Dropout(2 * dropout, rng=rng),
+        nn.Linear(128, num_classes, rng=rng),
+    )
