@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
-import shutil
-import threading
-from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +13,6 @@ from gpucnn.data.fetch import RetryPolicy
 from gpucnn.data.registry import DatasetSpec, IdxFile
 from tests.data.server import ScriptedServer
 
-SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 FAST_RETRY = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
 
 
@@ -91,23 +85,6 @@ def tiny_gz(monkeypatch):
     ds = TinyDataset("tinygz", gz_only=True, seed=1)
     monkeypatch.setitem(registry.DATASETS, "tinygz", ds.spec)
     return ds
-
-
-@pytest.fixture(scope="session")
-def mnist_mirror(tmp_path_factory):
-    """The shared real MNIST files served on loopback, as a user's mirror would serve them."""
-    if not (SHARED_MNIST / "SHA256SUMS").exists():
-        pytest.skip(f"real MNIST not found at {SHARED_MNIST} (it lies beside the checkout in CI)")
-    copy = tmp_path_factory.mktemp("mnist-mirror")
-    for f in SHARED_MNIST.iterdir():
-        shutil.copy(f, copy / f.name)
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(copy))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", copy
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def gz_of(a: np.ndarray) -> bytes:
