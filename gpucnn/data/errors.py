@@ -17,10 +17,18 @@ class DatasetFormatError(DataError):
 
 
 class DownloadError(DataError):
-    """Every mirror failed for a file; ``attempts`` lists (url, why) for each mirror tried."""
+    """Every mirror failed for a file; ``attempts`` lists (url, why) for each mirror tried.
 
-    def __init__(self, filename: str, attempts: list[tuple[str, str]]) -> None:
+    ``transient`` is True when every mirror failed only for reasons that may pass (timeouts,
+    connection errors, 5xx, 429): retrying later can help. A checksum, format, 403 or 404
+    failure on any mirror makes it False.
+    """
+
+    def __init__(
+        self, filename: str, attempts: list[tuple[str, str]], transient: bool = False
+    ) -> None:
         self.filename = filename
         self.attempts = attempts
+        self.transient = transient
         lines = "\n".join(f"  - {url}: {why}" for url, why in attempts)
         super().__init__(f"could not download {filename} from any mirror:\n{lines}")

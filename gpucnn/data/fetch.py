@@ -71,7 +71,11 @@ class _Transient(Exception):
 
 
 class _Permanent(Exception):
-    pass
+    """Give up on this mirror; ``transient`` when it was retries of passing faults that ran out."""
+
+    def __init__(self, why: str, transient: bool = False) -> None:
+        super().__init__(why)
+        self.transient = transient
 
 
 # -- where from, where to ------------------------------------------------------------------
@@ -193,6 +197,19 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 
 # -- fetching ------------------------------------------------------------------------------
+def _network_error(exc: Exception) -> str:
+    """A short reason for a requests failure ("ConnectTimeout", "[Errno 111] Connection
+    refused") instead of urllib3's nested pool message."""
+    text = str(exc)
+    start = text.find("[Errno")
+    if start >= 0:
+        end = text.find(")", start)
+        return f"{type(exc).__name__}: {text[start : end if end > 0 else None]}"
+    if "timed out" in text.lower() or isinstance(exc, requests.Timeout):
+        return f"{type(exc).__name__}: timed out"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
 def _retry_after(resp: requests.Response) -> float | None:
     try:
         return float(resp.headers["Retry-After"])
@@ -215,7 +232,7 @@ def _fetch_once(
         try:
             resp = session.get(url, stream=True, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+            raise _Transient(_network_error(exc)) from exc
         with resp:
             if resp.status_code == 429 or resp.status_code >= 500:
                 raise _Transient(f"HTTP {resp.status_code} {resp.reason}", _retry_after(resp))
@@ -235,7 +252,9 @@ def _fetch_once(
                     requests.Timeout,
                     requests.exceptions.ChunkedEncodingError,
                 ) as exc:
-                    raise _Transient(f"connection broke after {n} bytes: {exc}") from exc
+                    raise _Transient(
+                        f"connection broke after {n} bytes: {_network_error(exc)}"
+                    ) from exc
             if length is not None and length.isdigit() and n != int(length):
                 raise _Transient(f"truncated body: {n} of {length} bytes")
         if f.gz_sha256 and h_gz.hexdigest() != f.gz_sha256:
@@ -283,7 +302,11 @@ def _fetch_with_retries(session, url, f, folder, timeout, retry: RetryPolicy) ->
             return _fetch_once(session, url, f, folder, timeout)
         except _Transient as exc:
             if attempt + 1 == retry.attempts:
-                raise _Permanent(f"gave up after {retry.attempts} attempts; last: {exc}") from exc
+                raise _Permanent(
+                    f"gave up after {retry.attempts} attempt{'s' * (retry.attempts != 1)}; "
+                    f"last: {exc}",
+                    transient=True,
+                ) from exc
             wait = retry.delay(attempt, exc.retry_after)
             log.warning("%s: %s; retrying in %.1fs", url, exc, wait)
             time.sleep(wait)
@@ -333,6 +356,7 @@ def download(
                 log.warning("%s: cached file is not valid (%s); fetching it again", final, why)
                 final.unlink()
             attempts: list[tuple[str, str]] = []
+            transient = True
             for base in urls:
                 url = base + f.remote
                 log.info("fetching %s", url)
@@ -341,6 +365,7 @@ def download(
                 except _Permanent as exc:
                     log.warning("%s: %s", url, exc)
                     attempts.append((url, str(exc)))
+                    transient = transient and exc.transient
                     continue
                 os.replace(tmp, final)
                 st = final.stat()
@@ -348,7 +373,7 @@ def download(
                 log.info("%s verified (sha256 %s)", final, digest)
                 break
             else:
-                raise DownloadError(f.name, attempts)
+                raise DownloadError(f.name, attempts, transient)
             _write_records(folder, records)
         _write_records(folder, records)
     return paths

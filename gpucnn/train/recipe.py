@@ -105,7 +105,9 @@ def make_loaders(config: TrainConfig, split: dict[str, tuple[np.ndarray, np.ndar
     return loaders
 
 
-def build_trainer(config: TrainConfig, run_dir: Path, progress: bool = True) -> Trainer:
+def build_trainer(
+    config: TrainConfig, run_dir: Path, progress: bool = True, extra_callbacks: tuple = ()
+) -> Trainer:
     spec = data.get_spec(config.dataset)
     model = models.build(config.model, num_classes=len(spec.classes), seed=config.seed)
     opt = optim.Adam(
@@ -117,6 +119,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, progress: bool = True) -> 
             "val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
         ),
         ModelCheckpoint(run_dir / "checkpoints", monitor="val_loss"),
+        *extra_callbacks,
     ]
     return Trainer(
         model,
@@ -131,27 +134,38 @@ def build_trainer(config: TrainConfig, run_dir: Path, progress: bool = True) -> 
 
 
 def train(
-    config: TrainConfig, run_dir: str | os.PathLike, resume: bool = True, progress: bool = True
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    resume: bool = True,
+    progress: bool = True,
+    extra_callbacks: tuple = (),
 ) -> dict[str, Any]:
     """Train with early stopping, checkpointing into ``run_dir/checkpoints``.
 
-    With ``resume`` and a ``last.npz`` there, training continues from it (a re-run of a
-    crashed run picks up where it stopped). Returns a summary: epochs run, best validation
-    loss and accuracy, and the path of the best checkpoint.
+    With ``resume``: a run that finished (``summary.json`` present) is not trained again, and
+    a run that crashed continues from its ``last.npz``. Returns a summary: epochs run, best
+    validation loss and accuracy, and the path of the best checkpoint (also written to
+    ``run_dir/summary.json``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    done = run_dir / "summary.json"
+    if resume and done.exists():
+        return json.loads(done.read_text())
+    done.unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     loaders = make_loaders(config, load_split(config))
-    trainer = build_trainer(config, run_dir, progress)
+    trainer = build_trainer(config, run_dir, progress, extra_callbacks)
     last = run_dir / "checkpoints" / "last.npz"
     if resume and last.exists():
         trainer.load_checkpoint(last)
+    elif last.exists():
+        last.unlink()  # a fresh start must not leave an older run's checkpoint to resume from
     history = trainer.fit(loaders["train"], loaders.get("val"), config.epochs)
     best = run_dir / "checkpoints" / "best.npz"
     val_loss = [v for v in history["val_loss"] if v == v]
     i = int(np.argmin(val_loss)) if val_loss else -1
-    return {
+    summary = {
         "epochs": len(history["epoch"]),
         "best_epoch": i + 1,
         "best_val_loss": val_loss[i] if val_loss else None,
@@ -159,6 +173,8 @@ def train(
         "best_checkpoint": str(best if best.exists() else last),
         "train_time_s": float(sum(history["elapsed_s"])),
     }
+    done.write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def evaluate(config: TrainConfig, checkpoint: str | os.PathLike, split: str = "test") -> dict:

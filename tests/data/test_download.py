@@ -74,8 +74,9 @@ def test_429_is_retried_and_persistent_5xx_gives_up(server, tiny, tmp_path):
     tiny.serve_all(server, "/a")
     server.serve(tiny.path("train_labels", "/a"), ("status", 429), ("ok", tiny.gz["train_labels"]))
     server.serve(tiny.path("test_images", "/a"), ("status", 500))
-    with pytest.raises(DownloadError, match=r"gave up after 3 attempts; last: HTTP 500"):
+    with pytest.raises(DownloadError, match=r"gave up after 3 attempts; last: HTTP 500") as err:
         fetch("tiny", tmp_path, [server.url + "/a/"])
+    assert err.value.transient  # worth retrying later
     assert server.hits[tiny.path("train_labels", "/a")] == 2
     assert server.hits[tiny.path("test_images", "/a")] == 3
     assert "t10k-images-idx3-ubyte" not in leftovers(tmp_path / "tiny")
@@ -130,6 +131,7 @@ def test_every_mirror_failing_lists_each_and_why(server, tiny, tmp_path):
     with pytest.raises(DownloadError) as err:
         fetch("tiny", tmp_path, [server.url + "/a/", server.url + "/missing/"])
     msg = str(err.value)
+    assert not err.value.transient  # a checksum failure is not worth retrying
     assert "could not download train-images-idx3-ubyte from any mirror" in msg
     assert f"{server.url}/a/train-images-idx3-ubyte.gz: checksum mismatch" in msg
     assert f"expected {tiny.files['train_images'].sha256}" in msg

@@ -1,0 +1,56 @@
+"""Evaluate a checkpoint on its dataset's test set.
+
+    python -m gpucnn.flows.evaluate runs/<run>/checkpoints/best.npz
+
+The checkpoint carries its config (dataset, model); metrics.json, plots and Prefect
+artifacts go to its run folder unless --output-dir says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gpucnn.flows.cli import prepare_prefect_env, quiet_expected_tracebacks, run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m gpucnn.flows.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("checkpoint", help="a .npz checkpoint written by a training run")
+    ap.add_argument("--data-dir", default=None, help="dataset cache (default: as trained)")
+    ap.add_argument(
+        "--mirror",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="dataset URL prefix to try first; repeatable",
+    )
+    ap.add_argument(
+        "--output-dir",
+        default=None,
+        help="where metrics.json and plots go (default: the run folder)",
+    )
+    args = ap.parse_args(argv)
+
+    def body() -> None:
+        from gpucnn.train.checkpoint import load_checkpoint
+
+        load_checkpoint(args.checkpoint)  # a bad path fails here, before Prefect starts
+        prepare_prefect_env()
+        from gpucnn.flows.pipeline import evaluate_flow
+
+        quiet_expected_tracebacks()
+
+        result = evaluate_flow(args.checkpoint, args.data_dir, args.mirror, args.output_dir)
+        print(json.dumps({k: result[k] for k in ("accuracy", "loss", "top3_accuracy", "samples")}))
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""A hyperparameter sweep: one training trial per combination, run as concurrent tasks.
+
+    python -m gpucnn.flows.sweep --grid lr=1e-3,3e-4 --grid model=seed,lenet5 --limit 5000
+    python -m gpucnn.flows.sweep --grid lr=1e-3,3e-4 --dask-address tcp://scheduler:8786
+
+With --dask-address the trials run on that Dask cluster through prefect-dask's
+DaskTaskRunner (pip install 'gpucnn[dask]'); otherwise in threads of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from gpucnn.flows.cli import (
+    add_config_options,
+    config_from,
+    prepare_prefect_env,
+    quiet_expected_tracebacks,
+    run_cli,
+)
+from gpucnn.train.recipe import TrainConfig
+
+_TYPES = {f: type(v) for f, v in TrainConfig().to_dict().items() if v is not None}
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """["lr=1e-3,3e-4", "model=seed"] -> {"lr": [0.001, 0.0003], "model": ["seed"]}."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, _, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in TrainConfig.__dataclass_fields__ or not values:
+            raise ValueError(
+                f"--grid {item!r}: expected FIELD=V1,V2 with FIELD one of "
+                f"{', '.join(sorted(TrainConfig.__dataclass_fields__))}"
+            )
+        cast = _TYPES.get(key, int if key == "limit" else str)
+        if cast is bool:
+            grid[key] = [v.strip().lower() in ("1", "true", "yes") for v in values.split(",")]
+        else:
+            grid[key] = [cast(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m gpucnn.flows.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="FIELD=V1,V2",
+        help="values to try for one config field; repeat for a product",
+    )
+    ap.add_argument("--output-dir", default="runs/sweep", help="(default: %(default)s)")
+    ap.add_argument(
+        "--dask-address",
+        default=None,
+        help="run trials on this Dask scheduler (needs prefect-dask)",
+    )
+    add_config_options(ap)
+    args = ap.parse_args(argv)
+
+    def body() -> None:
+        grid = parse_grid(args.grid)
+        base = config_from(args)
+        prepare_prefect_env()
+        from gpucnn.flows.pipeline import sweep_flow
+
+        quiet_expected_tracebacks()
+
+        flow = sweep_flow
+        if args.dask_address:
+            try:
+                from prefect_dask import DaskTaskRunner
+            except ImportError as exc:
+                raise ValueError(
+                    "--dask-address needs prefect-dask: pip install 'gpucnn[dask]'"
+                ) from exc
+            flow = sweep_flow.with_options(task_runner=DaskTaskRunner(address=args.dask_address))
+        rows = flow(grid=grid, base=base, output_dir=args.output_dir)
+        print(json.dumps(rows, indent=1))
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

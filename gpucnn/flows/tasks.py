@@ -1,0 +1,192 @@
+"""The pipeline's tasks. Each is a short call into gpucnn taking paths and configs (never
+arrays: Prefect hashes task inputs). Only the download retries, and only on transient network
+failures; typed errors (bad data, a NaN loss, a bad checkpoint) fail at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.tasks import exponential_backoff
+
+from gpucnn import data, plots
+from gpucnn.data.fetch import RetryPolicy
+from gpucnn.train import recipe
+from gpucnn.train.callbacks import Callback
+
+
+def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed download only when every mirror failed for reasons that may pass."""
+    try:
+        state.result()
+    except data.DownloadError as exc:
+        return exc.transient
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient_only,
+    task_run_name="download-{dataset}",
+)
+def download_dataset(
+    dataset: str, data_dir: str | None = None, mirrors: list[str] | None = None
+) -> dict[str, str]:
+    """Fetch and verify the dataset's files; one try per mirror (Prefect does the retrying)."""
+    paths = data.download(dataset, data_dir, mirrors, retry=RetryPolicy(attempts=1))
+    get_run_logger().info("%s verified in %s", dataset, Path(paths["train_images"]).parent)
+    return {k: str(v) for k, v in paths.items()}
+
+
+@task(task_run_name="prepare-data")
+def prepare_data(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """The seeded split and the augmentation recipe, recorded in ``run_dir/data.json``."""
+    cfg = recipe.TrainConfig.from_dict(config)
+    split = recipe.load_split(cfg)
+    spec = data.get_spec(cfg.dataset)
+    info = {
+        "dataset": cfg.dataset,
+        "counts": {k: int(len(v[1])) for k, v in split.items()},
+        "train_class_counts": np.bincount(split["train"][1], minlength=len(spec.classes)).tolist(),
+        "val_fraction": cfg.val_fraction,
+        "split_seed": cfg.seed,
+        "augmentation": repr(data.parse_recipe(cfg.augment)),
+        "normalisation": {"mean": spec.mean, "std": spec.std},
+    }
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "data.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+class ProgressArtifact(Callback):
+    """A Prefect progress artifact, updated after every epoch."""
+
+    def __init__(self, epochs: int, run_name: str) -> None:
+        self.epochs, self.run_name, self.id = epochs, run_name, None
+
+    def on_train_begin(self, trainer: Any) -> None:
+        self.id = create_progress_artifact(
+            progress=100.0 * trainer.epoch / self.epochs,
+            description=f"{self.run_name}: epochs completed (of at most {self.epochs})",
+        )
+
+    def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> None:
+        done = 100.0 if trainer.stop_training else 100.0 * trainer.epoch / self.epochs
+        update_progress_artifact(self.id, progress=done)
+
+
+@task(task_run_name="train-model")
+def train_model(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Train with early stopping; a re-run after a crash resumes from the last checkpoint."""
+    cfg = recipe.TrainConfig.from_dict(config)
+    summary = recipe.train(
+        cfg,
+        run_dir,
+        resume=True,
+        progress=True,
+        extra_callbacks=(ProgressArtifact(cfg.epochs, Path(run_dir).name),),
+    )
+    get_run_logger().info(
+        "trained %d epochs; best val accuracy %.4f (epoch %d)",
+        summary["epochs"],
+        summary["best_val_accuracy"] or float("nan"),
+        summary["best_epoch"],
+    )
+    return summary
+
+
+def _epoch_table(history: dict[str, list]) -> str:
+    rows = [
+        "| epoch | train loss | train acc | val loss | val acc | lr | s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, e in enumerate(history["epoch"]):
+        rows.append(
+            f"| {e} | {history['train_loss'][i]:.4f} | {history['train_accuracy'][i]:.4f} | "
+            f"{history['val_loss'][i]:.4f} | {history['val_accuracy'][i]:.4f} | "
+            f"{history['lr'][i]:.2g} | {history['elapsed_s'][i]:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def write_plots(
+    cfg: recipe.TrainConfig, run_dir: Path, checkpoint: str, metrics: dict
+) -> list[str]:
+    """The run's PNG files; skipped (with a warning) when matplotlib is not installed."""
+    logger = get_run_logger()
+    try:
+        plots._pyplot()
+    except ImportError as exc:
+        logger.warning("no plots: %s", exc)
+        return []
+    from gpucnn import models
+    from gpucnn.train.transfer import load_weights
+
+    out = run_dir / "plots"
+    files = []
+    history_path = run_dir / "history.json"
+    if history_path.exists():
+        files.append(plots.curves(json.loads(history_path.read_text()), out / "curves.png"))
+    files.append(
+        plots.confusion(
+            np.array(metrics["confusion_matrix"]), metrics["classes"], out / "confusion_matrix.png"
+        )
+    )
+    spec = data.get_spec(cfg.dataset)
+    xt, yt = recipe.load_split(cfg)["test"]
+    model = models.build(cfg.model, num_classes=len(spec.classes), seed=cfg.seed)
+    load_weights(model, checkpoint)
+    model.eval()
+    x = ((xt[:32].astype(np.float32) / 255 - spec.mean) / spec.std)[:, None].astype(np.float32)
+    preds = model(x).argmax(axis=1)
+    files.append(
+        plots.predictions(xt[:32], yt[:32], preds, list(spec.classes), out / "predictions.png")
+    )
+    files.append(plots.filters_and_maps(model[0], xt[0], x[:1], out / "feature_maps.png"))
+    return [str(f) for f in files]
+
+
+@task(task_run_name="evaluate-model")
+def evaluate_model(config: dict[str, Any], run_dir: str, checkpoint: str) -> dict[str, Any]:
+    """Test metrics, the confusion matrix, plots, and Prefect artifacts for the run."""
+    cfg = recipe.TrainConfig.from_dict(config)
+    run = Path(run_dir)
+    metrics = recipe.evaluate(cfg, checkpoint)
+    metrics["checkpoint"] = checkpoint
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    metrics["plots"] = write_plots(cfg, run, checkpoint, metrics)
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    create_table_artifact(
+        table=[
+            {"class": c, "accuracy": round(a, 4)} for c, a in metrics["per_class_accuracy"].items()
+        ],
+        description=f"{run.name}: per-class test accuracy",
+    )
+    history_path = run / "history.json"
+    curve = _epoch_table(json.loads(history_path.read_text())) if history_path.exists() else ""
+    create_markdown_artifact(
+        markdown=(
+            f"# {run.name}\n\n**test accuracy {metrics['accuracy']:.4f}** "
+            f"(loss {metrics['loss']:.4f}, top-3 {metrics['top3_accuracy']:.4f}, "
+            f"{metrics['samples']} images)\n\nrun folder: `{run}`\n\n## Per epoch\n\n{curve}\n"
+        ),
+        description=f"{run.name}: summary",
+    )
+    get_run_logger().info(
+        "test accuracy %.4f on %d images", metrics["accuracy"], metrics["samples"]
+    )
+    return {k: metrics[k] for k in ("accuracy", "loss", "top3_accuracy", "samples", "plots")}

@@ -1,0 +1,148 @@
+"""A deployment run for real: a local `prefect server start` (SQLite in a temporary
+PREFECT_HOME), a process work pool, `prefect deploy` of flows/prefect.yaml, a worker, and
+run_deployment; the run must complete and leave metrics in its run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("prefect")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, f"prefect {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "prefect server exited early"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("prefect server did not become healthy")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PWD": str(ROOT),
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "gpucnn",
+    }
+    procs = []
+    try:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=open(tmp_path / "server.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(server)
+        wait_healthy(api, server)
+        prefect(["work-pool", "create", "gpucnn-process", "--type", "process"], env)
+        prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "flows/prefect.yaml"], env)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gpucnn-process"],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=open(tmp_path / "worker.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(worker)
+
+        runs = tmp_path / "runs"
+        params = {
+            "config": {
+                "limit": 600,
+                "epochs": 1,
+                "device": "cpu",
+                "data_dir": str(tmp_path / "data"),
+                "mirrors": [mnist_mirror[0]],
+            },
+            "output_dir": str(runs),
+            "run_name": "deployed",
+        }
+        code = (
+            "import json, sys\n"
+            "from prefect.deployments import run_deployment\n"
+            "fr = run_deployment('gpucnn-train/train', parameters=json.loads(sys.argv[1]),"
+            " timeout=600)\n"
+            "print(fr.state.type.value, fr.state.name)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(params)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=660,
+        )
+        worker_log = (tmp_path / "worker.log").read_text()
+        assert out.returncode == 0, out.stderr + worker_log[-3000:]
+        assert out.stdout.split()[-2:] == ["COMPLETED", "Completed"], (
+            out.stdout + worker_log[-3000:]
+        )
+        metrics = json.loads((runs / "deployed" / "metrics.json").read_text())
+        assert metrics["samples"] == 100 and metrics["accuracy"] > 0.3
+    finally:
+        for p in reversed(procs):
+            stop(p)
