@@ -21,9 +21,12 @@ def mnist_mirror(tmp_path_factory):
     copy = tmp_path_factory.mktemp("mnist-mirror")
     for f in SHARED_MNIST.iterdir():
         shutil.copy(f, copy / f.name)
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(copy))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(copy)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/", copy
     httpd.shutdown()

@@ -204,7 +204,8 @@ def _network_error(exc: Exception) -> str:
     start = text.find("[Errno")
     if start >= 0:
         end = text.find(")", start)
-        return f"{type(exc).__name__}: {text[start : end if end > 0 else None]}"
+        reason = text[start : end if end > 0 else None].rstrip("\"'")
+        return f"{type(exc).__name__}: {reason}"
     if "timed out" in text.lower() or isinstance(exc, requests.Timeout):
         return f"{type(exc).__name__}: timed out"
     return f"{type(exc).__name__}: {text[:200]}"
