@@ -49,6 +49,14 @@ def main() -> None:
     ap.add_argument("--labelled", type=int, default=300, help="labelled 5-9 images to learn from")
     ap.add_argument("--pretrain-epochs", type=int, default=2)
     ap.add_argument("--finetune-epochs", type=int, default=30)
+    ap.add_argument(
+        "--head-lr",
+        type=float,
+        default=1e-2,
+        help="learning rate for the head alone (a 645-parameter linear model "
+        "trains well at a higher rate than a whole network)",
+    )
+    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate from scratch")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--mirror", action="append", default=None)
     ap.add_argument("--workdir", default="runs/transfer")
@@ -77,10 +85,14 @@ def main() -> None:
     replace_head(tuned, 5, rng=1)
     freeze(tuned)
     unfreeze(tuned[-1])
-    tuned_acc = fit(tuned, few_x, few_y, args.finetune_epochs, 1e-3).evaluate(test)["accuracy"]
+    tuned_acc = fit(tuned, few_x, few_y, args.finetune_epochs, args.head_lr).evaluate(test)[
+        "accuracy"
+    ]
 
     scratch = models.build("seed", num_classes=5, seed=1)
-    scratch_acc = fit(scratch, few_x, few_y, args.finetune_epochs, 1e-3).evaluate(test)["accuracy"]
+    scratch_acc = fit(scratch, few_x, few_y, args.finetune_epochs, args.lr).evaluate(test)[
+        "accuracy"
+    ]
 
     print(
         f"pretrained on {len(y04)} images of digits 0-4 for {args.pretrain_epochs} epochs "
