@@ -7,6 +7,7 @@ kernels; the device branch happens once, here, not throughout the math.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from types import ModuleType
@@ -46,8 +47,8 @@ class Backend:
 CPU = Backend("cpu", np, _cpu)
 
 
-def _cuda_missing() -> str:
-    """Why the CUDA backend cannot be used here, as one sentence."""
+def _cuda_missing() -> str | None:
+    """Why the CUDA backend cannot be used here, as one sentence; None when it can."""
     try:
         import cupy  # noqa: F401
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
@@ -64,10 +65,21 @@ def _cuda_missing() -> str:
             return "numba.cuda sees no usable NVIDIA GPU or driver"
     except Exception as exc:
         return f"numba.cuda could not query the GPU ({type(exc).__name__}: {exc})"
-    return (
-        "the CUDA kernels are not part of this gpucnn version yet "
-        "(the GPU and CuPy are present, but there is no CUDA backend to run on them)"
-    )
+    try:
+        cupy.zeros(1, dtype=cupy.float32) + 1  # CuPy can allocate and launch
+    except Exception as exc:
+        return f"CuPy cannot use the GPU ({type(exc).__name__}: {exc})"
+    return None
+
+
+@functools.cache
+def _cuda_backend() -> Backend:
+    """The CUDA Backend, built on first use (importing CuPy and the kernels only then)."""
+    import cupy
+
+    from gpucnn.backend import cuda as kernels
+
+    return Backend("cuda", cupy, kernels)
 
 
 def get_backend(device: str = "auto") -> Backend:
@@ -88,6 +100,10 @@ def get_backend(device: str = "auto") -> Backend:
     if device == "cpu":
         return CPU
     why = _cuda_missing()
+    if why is None:
+        if device == "auto":
+            log.info("device 'auto' picked cuda")
+        return _cuda_backend()
     if device == "cuda":
         raise BackendUnavailableError(f"device 'cuda' is unavailable: {why}")
     log.info("device 'auto' picked cpu (cuda unavailable: %s)", why)
@@ -118,7 +134,7 @@ def to_device(a: Any, device: str) -> Any:
     backend = get_backend(device)
     if backend.name == "cpu":
         return to_host(a)
-    return backend.xp.asarray(a)  # pragma: no cover - needs the CUDA backend
+    return backend.xp.asarray(a)  # pragma: no cover - needs a GPU
 
 
 def to_host(a: Any) -> np.ndarray:

@@ -11,19 +11,27 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend import backend_of
+from gpucnn.backend import backend_of, is_device_array
 from gpucnn.functional._checks import check_float, check_rank
 from gpucnn.functional.activation import log_softmax
 
 
 def check_labels(layer: str, labels: Any, n: int, num_classes: int) -> None:
-    """Labels must be a 1-D integer array of length N with values in [0, num_classes)."""
+    """Labels must be a 1-D integer array of length N with values in [0, num_classes).
+
+    The range is checked for host arrays only: on a GPU it would cost a sync per step, so the
+    Trainer checks every label of a loader once, on the host, before training.
+    """
     if getattr(labels, "ndim", None) != 1 or labels.shape[0] != n:
         shape = getattr(labels, "shape", type(labels).__name__)
         raise ValueError(f"{layer}: expected labels of shape ({n},) for {n} logits, got {shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{layer}: labels must be integer class indices, got dtype {labels.dtype}")
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if (
+        n
+        and not is_device_array(labels)
+        and (int(labels.min()) < 0 or int(labels.max()) >= num_classes)
+    ):
         raise ValueError(
             f"{layer}: labels must lie in [0, {num_classes}) for logits of shape "
             f"({n}, {num_classes}); got values in [{int(labels.min())}, {int(labels.max())}]"

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from gpucnn import functional as F
+from gpucnn.backend import backend_of
 from gpucnn.nn import init
 from gpucnn.nn.module import Module, Shape
 
@@ -55,9 +56,19 @@ class Dropout(Module):
 
         self.p = check_p(p)
         self.rng = init.as_rng(rng)
+        self._device_rng: Any = None
+
+    def _generator(self, x: Any) -> Any:
+        """The host generator on the CPU; on a GPU, a device generator seeded from it once."""
+        be = backend_of(x)
+        if be.name == "cpu":
+            return self.rng
+        if self._device_rng is None:
+            self._device_rng = be.kernels.generator(int(self.rng.integers(2**63)))
+        return self._device_rng
 
     def forward(self, x: Any) -> Any:
-        y, self._mask = F.dropout_forward(x, self.p, self.training, self.rng)
+        y, self._mask = F.dropout_forward(x, self.p, self.training, self._generator(x))
         return y
 
     def backward(self, dy: Any) -> Any:

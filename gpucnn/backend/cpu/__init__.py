@@ -6,7 +6,23 @@ with the (F, C*k*k) weight matrix, and pooling is a reduction over the rows of t
 (N*C, 1, H, W) view.
 """
 
+import numpy as np
+
 from gpucnn.backend.cpu.pool import avgpool2d_bwd, avgpool2d_fwd, maxpool2d_bwd, maxpool2d_fwd
 from gpucnn.backend.cpu.window import col2im, im2col
 
-__all__ = ["im2col", "col2im", "maxpool2d_fwd", "maxpool2d_bwd", "avgpool2d_fwd", "avgpool2d_bwd"]
+
+def generator(seed: int) -> np.random.Generator:
+    """A random generator living on this device (dropout masks)."""
+    return np.random.default_rng(seed)
+
+
+__all__ = [
+    "im2col",
+    "col2im",
+    "maxpool2d_fwd",
+    "maxpool2d_bwd",
+    "avgpool2d_fwd",
+    "avgpool2d_bwd",
+    "generator",
+]

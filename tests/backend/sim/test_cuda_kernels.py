@@ -1,0 +1,88 @@
+"""Every CUDA kernel agrees with the CPU backend: odd sizes, stride > 1, padding, batch 1,
+element counts that are not a multiple of the block, float32 and float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpucnn.backend import cpu
+from gpucnn.backend import cuda as gpu
+
+# (N, C, H, W, k, stride, pad): 210, 198 and 858 elements against 256-thread blocks
+CASES = [
+    (2, 3, 5, 7, 3, 1, 1),
+    (1, 2, 9, 11, 3, 2, 1),
+    (2, 3, 11, 13, 2, 2, 0),
+    (1, 1, 6, 5, 3, 3, 1),
+    (2, 1, 7, 7, 1, 2, 0),
+    (1, 2, 8, 9, 4, 2, 2),
+]
+DTYPES = [np.float32, np.float64]
+
+
+def tol(dtype):
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "c", "h", "w", "k", "s", "p"), CASES)
+def test_im2col_and_col2im(dev, n, c, h, w, k, s, p, dtype):
+    put, get = dev
+    g = np.random.default_rng(0)
+    x = g.standard_normal((n, c, h, w)).astype(dtype)
+    cols = gpu.im2col(put(x), k, s, p)
+    np.testing.assert_array_equal(get(cols), cpu.im2col(x, k, s, p))
+    assert get(cols).dtype == dtype
+    dcols = g.standard_normal(cols.shape).astype(dtype)
+    np.testing.assert_allclose(
+        get(gpu.col2im(put(dcols), x.shape, k, s, p)),
+        cpu.col2im(dcols, x.shape, k, s, p),
+        **tol(dtype),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("n", "c", "h", "w", "k", "s", "p"), [cs for cs in CASES if 2 * cs[6] <= cs[4]]
+)
+def test_pooling(dev, n, c, h, w, k, s, p, dtype):
+    put, get = dev
+    g = np.random.default_rng(1)
+    x = g.standard_normal((n, c, h, w)).astype(dtype)
+    y, arg = gpu.maxpool2d_fwd(put(x), k, s, p)
+    y_ref, arg_ref = cpu.maxpool2d_fwd(x, k, s, p)
+    np.testing.assert_array_equal(get(y), y_ref)
+    np.testing.assert_array_equal(get(arg), arg_ref)
+    dy = g.standard_normal(y_ref.shape).astype(dtype)
+    np.testing.assert_allclose(
+        get(gpu.maxpool2d_bwd(put(dy), arg, x.shape, k, s, p)),
+        cpu.maxpool2d_bwd(dy, arg_ref, x.shape, k, s, p),
+        **tol(dtype),
+    )
+    np.testing.assert_allclose(
+        get(gpu.avgpool2d_fwd(put(x), k, s, p)), cpu.avgpool2d_fwd(x, k, s, p), **tol(dtype)
+    )
+    np.testing.assert_allclose(
+        get(gpu.avgpool2d_bwd(put(dy), x.shape, k, s, p)),
+        cpu.avgpool2d_bwd(dy, x.shape, k, s, p),
+        **tol(dtype),
+    )
+
+
+def test_maxpool_lets_nan_through(dev):
+    put, get = dev
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = np.nan
+    y, _ = gpu.maxpool2d_fwd(put(x), 2, 2, 0)
+    y_ref, _ = cpu.maxpool2d_fwd(x, 2, 2, 0)
+    assert np.isnan(get(y)[0, 0, 0, 0]) and np.isnan(y_ref[0, 0, 0, 0])
+    np.testing.assert_array_equal(get(y)[0, 0, 1], y_ref[0, 0, 1])
+
+
+def test_launchers_reject_bad_arrays(dev):
+    put, _ = dev
+    with pytest.raises(ValueError, match=r"im2col: expected a 4-D array, got shape \(3, 4\)"):
+        gpu.im2col(put(np.zeros((3, 4), np.float32)), 3, 1, 1)
+    with pytest.raises(ValueError, match="maxpool2d: expected float32"):
+        gpu.maxpool2d_fwd(put(np.zeros((1, 1, 4, 4), np.int32)), 2, 2, 0)
