@@ -36,6 +36,13 @@ def main() -> None:
     )
     ap.add_argument("--limit", type=int, default=None, help="use only this many training images")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--monitor",
+        default="val_loss",
+        choices=["val_loss", "val_accuracy"],
+        help="what early stopping and the best checkpoint watch",
+    )
+    ap.add_argument("--tag", default="", help="suffix for the results file name")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--mirror", action="append", default=None, help="dataset URL prefix")
     ap.add_argument("--run-dir", default=None, help="default: runs/accuracy-<recipe>")
@@ -48,6 +55,7 @@ def main() -> None:
         model=recipe["model"],
         augment=recipe["augment"],
         epochs=args.epochs,
+        monitor=args.monitor,
         limit=args.limit,
         device=args.device,
         data_dir=args.data_dir,
@@ -88,7 +96,8 @@ def main() -> None:
         + ", ".join(f"{c}: {a:.4f}" for c, a in metrics["per_class_accuracy"].items()),
     ]
     text = "\n".join(lines) + "\n"
-    out = Path(args.out or Path(__file__).parent / "results" / f"accuracy-{args.recipe}.md")
+    name = f"accuracy-{args.recipe}{'-' + args.tag if args.tag else ''}.md"
+    out = Path(args.out or Path(__file__).parent / "results" / name)
     out.write_text(text)
     print(text)
 

@@ -55,6 +55,12 @@ def add_config_options(ap: argparse.ArgumentParser) -> None:
         help="early-stopping patience in epochs (default: %(default)s)",
     )
     g.add_argument(
+        "--monitor",
+        default=d.monitor,
+        choices=["val_loss", "val_accuracy"],
+        help="what early stopping and the best checkpoint watch (default: %(default)s)",
+    )
+    g.add_argument(
         "--lr-patience",
         type=int,
         default=d.lr_patience,
@@ -112,6 +118,7 @@ def config_from(args: argparse.Namespace) -> dict[str, Any]:
         lr=args.lr,
         weight_decay=args.weight_decay,
         patience=args.patience,
+        monitor=args.monitor,
         lr_patience=args.lr_patience,
         augment=args.augment,
         val_fraction=args.val_fraction,

@@ -37,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     amsgrad: bool = True
     patience: int = 7
+    monitor: str = "val_loss"  # what early stopping and the best checkpoint watch
     lr_patience: int = 3
     lr_factor: float = 0.5
     min_lr: float = 1e-6
@@ -58,6 +59,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.monitor not in ("val_loss", "val_accuracy"):
+            raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got {self.monitor!r}")
         if self.limit is not None and self.limit < 2:
             raise ValueError(f"limit must be >= 2, got {self.limit}")
 
@@ -114,11 +117,11 @@ def build_trainer(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad
     )
     callbacks = [
-        EarlyStopping("val_loss", patience=config.patience),
+        EarlyStopping(config.monitor, patience=config.patience),
         PlateauScheduler(
             "val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
         ),
-        ModelCheckpoint(run_dir / "checkpoints", monitor="val_loss"),
+        ModelCheckpoint(run_dir / "checkpoints", monitor=config.monitor),
         *extra_callbacks,
     ]
     return Trainer(
