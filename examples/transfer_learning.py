@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--mirror", action="append", default=None)
     ap.add_argument("--workdir", default="runs/transfer")
+    ap.add_argument(
+        "--pretrained", default=None, help="reuse this 0-4 checkpoint instead of pretraining again"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = Path(args.workdir)
@@ -75,13 +78,15 @@ def main() -> None:
     test = loader(xt59, yt59, 1000, shuffle=False)
 
     t0 = time.perf_counter()
-    pre = models.build("seed", num_classes=5, seed=0)
-    pretrainer = fit(pre, x04, y04, args.pretrain_epochs, 1e-3)
-    pretrainer.save_checkpoint(work / "pretrained-0to4.npz")
+    pretrained = Path(args.pretrained) if args.pretrained else work / "pretrained-0to4.npz"
+    if not args.pretrained:
+        pre = models.build("seed", num_classes=5, seed=0)
+        pretrainer = fit(pre, x04, y04, args.pretrain_epochs, 1e-3)
+        pretrainer.save_checkpoint(pretrained)
     pre_time = time.perf_counter() - t0
 
     tuned = models.build("seed", num_classes=5, seed=1)
-    load_weights(tuned, work / "pretrained-0to4.npz")
+    load_weights(tuned, pretrained)
     replace_head(tuned, 5, rng=1)
     freeze(tuned)
     unfreeze(tuned[-1])
