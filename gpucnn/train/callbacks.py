@@ -91,6 +91,10 @@ class EarlyStopping(Callback):
         self.stopped_epoch = -1
         self.best_weights: dict[str, np.ndarray] | None = None
 
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if self.stopped_epoch >= 0:  # restored from a checkpoint written after stopping
+            trainer.stop_training = True
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         current = _metric(logs, self.monitor, "EarlyStopping")
         if self.improved(current, self.best):

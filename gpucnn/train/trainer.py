@@ -241,9 +241,9 @@ class Trainer:
         self.check_loader(train_loader, "train")
         if val_loader is not None:
             self.check_loader(val_loader, "validation")
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
         self.stop_training = False
+        for cb in self.callbacks:
+            cb.on_train_begin(self)  # may stop at once: a resumed run that had already stopped
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):

@@ -226,3 +226,16 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert t.optimizer.lr == t2.optimizer.lr
+
+
+def test_a_run_restored_after_early_stopping_does_not_train_on(tmp_path):
+    train, val = loaders()
+    model = small_model()
+    stopper = EarlyStopping(monitor="val_loss", patience=1)
+    t = trainer_for(model, lr=0.5, callbacks=[stopper, ModelCheckpoint(tmp_path)])
+    hist = t.fit(train, val, epochs=30)
+    stopped_after = len(hist["epoch"])
+    assert stopped_after < 30 and stopper.stopped_epoch == stopped_after - 1
+    again = trainer_for(small_model(), lr=0.5, callbacks=[EarlyStopping(patience=1)])
+    again.load_checkpoint(tmp_path / "last.npz")
+    assert len(again.fit(train, val, epochs=30)["epoch"]) == stopped_after
