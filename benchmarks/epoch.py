@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.torch_seed import torch_seed_cnn  # noqa: E402
+
 
 def peak_rss_mb() -> float:
     import resource
@@ -59,18 +61,7 @@ def worker(framework: str, steps: int, warmup: int, batch: int, device: str) -> 
         import torch
 
         dev = torch.device(device)
-        model = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(3136, 128),
-            torch.nn.ReLU(),
-            torch.nn.Linear(128, 10),
-        ).to(dev)
+        model = torch_seed_cnn().to(dev)
         opt = torch.optim.Adam(model.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
         crit = torch.nn.CrossEntropyLoss()
         xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)

@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.torch_seed import torch_seed_cnn  # noqa: E402
+
 SEED_WINDOW_SHAPES = [  # (N, C, H, W, k, stride, pad): the seed model's convs and pools
     (64, 1, 28, 28, 3, 1, 1),
     (64, 32, 14, 14, 3, 1, 1),
@@ -210,18 +212,7 @@ def epochs(lines: list[str], data_dir: str, max_epochs: int) -> None:
         correct = sum(int((model(xb).argmax(axis=1) == yb).sum()) for xb, yb in test)
         return correct / len(yt)
 
-    tm = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(3136, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 10),
-    ).cuda()
+    tm = torch_seed_cnn().cuda()
     topt = torch.optim.Adam(tm.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
     tcrit = torch.nn.CrossEntropyLoss()
     gx = torch.as_tensor(((x.astype(np.float32) / 255 - mean) / std)[:, None], device="cuda")
