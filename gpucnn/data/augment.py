@@ -111,47 +111,17 @@ class RandomRotation(RandomAffine):
 def affine(x: Any, theta: Any, tx: Any, ty: Any, s: Any) -> Any:
     """Warp each image n by rotation theta[n], scale s[n] and shift (tx[n], ty[n]) pixels.
 
+    The per-image inverse matrices are formed on the host; the sampling runs on the batch's
+    device (the backend's ``affine_warp`` kernel).
+
     Shape: (N, C, H, W) -> (N, C, H, W); the parameters are (N,) host arrays.
     """
     be = backend_of(x)
-    xp = be.xp
-    n, c, h, w = x.shape
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    # inverse of s*R(theta): R(-theta)/s, as 2×2 entries per image (host, then device)
+    # inverse of s*R(theta): R(-theta)/s, as 2×2 entries per image
     cos, sin = np.cos(theta) / s, np.sin(theta) / s
-    inv = xp.asarray(np.stack([cos, sin, -sin, cos], axis=1).astype(np.float32))  # (N, 4)
-    shift = xp.asarray(np.stack([tx, ty], axis=1).astype(np.float32))  # (N, 2)
-    yy, xx = xp.meshgrid(
-        xp.arange(h, dtype=xp.float32), xp.arange(w, dtype=xp.float32), indexing="ij"
-    )
-    dx = xx[None] - np.float32(cx) - shift[:, 0, None, None]  # (N, H, W)
-    dy = yy[None] - np.float32(cy) - shift[:, 1, None, None]
-    qx = inv[:, 0, None, None] * dx + inv[:, 1, None, None] * dy + np.float32(cx)
-    qy = inv[:, 2, None, None] * dx + inv[:, 3, None, None] * dy + np.float32(cy)
-    return bilinear(x, qx, qy)
-
-
-def bilinear(x: Any, qx: Any, qy: Any) -> Any:
-    """Sample x (N, C, H, W) at real coordinates (qx, qy), each (N, H', W'); zero outside."""
-    xp = backend_of(x).xp
-    n, c, h, w = x.shape
-    x0, y0 = xp.floor(qx), xp.floor(qy)
-    fx, fy = (qx - x0).astype(x.dtype), (qy - y0).astype(x.dtype)
-    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
-    flat = x.reshape(n, c, h * w)
-    out = xp.zeros((n, c) + qx.shape[1:], dtype=x.dtype)
-    for oy, ox, wgt in (
-        (0, 0, (1 - fy) * (1 - fx)),
-        (0, 1, (1 - fy) * fx),
-        (1, 0, fy * (1 - fx)),
-        (1, 1, fy * fx),
-    ):
-        xi, yi = x0 + ox, y0 + oy
-        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        lin = xp.where(inside, yi * w + xi, 0).reshape(n, 1, -1)
-        vals = xp.take_along_axis(flat, xp.broadcast_to(lin, (n, c, lin.shape[2])), axis=2)
-        out += vals.reshape(out.shape) * (wgt * inside)[:, None]
-    return out
+    inv = be.xp.asarray(np.stack([cos, sin, -sin, cos], axis=1).astype(np.float32))  # (N, 4)
+    shift = be.xp.asarray(np.stack([tx, ty], axis=1).astype(np.float32))  # (N, 2)
+    return be.kernels.affine_warp(x, inv, shift)
 
 
 def default_recipe() -> Compose:

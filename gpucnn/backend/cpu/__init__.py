@@ -9,6 +9,7 @@ with the (F, C*k*k) weight matrix, and pooling is a reduction over the rows of t
 import numpy as np
 
 from gpucnn.backend.cpu.pool import avgpool2d_bwd, avgpool2d_fwd, maxpool2d_bwd, maxpool2d_fwd
+from gpucnn.backend.cpu.warp import affine_warp
 from gpucnn.backend.cpu.window import col2im, im2col
 
 
@@ -18,6 +19,7 @@ def generator(seed: int) -> np.random.Generator:
 
 
 __all__ = [
+    "affine_warp",
     "im2col",
     "col2im",
     "maxpool2d_fwd",

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.cuda import warp as _warp
 from gpucnn.backend.cuda import window as _k
 
 THREADS = 256
@@ -113,6 +114,33 @@ def avgpool2d_bwd(dy: Any, x_shape: tuple, k: int, stride: int, pad: int) -> Any
         _planes(dy), k, stride, pad, dy.dtype.type(0), dy.dtype.type(1.0 / (k * k)), dx
     )
     return dx.reshape(x_shape)
+
+
+def affine_warp(x: Any, inv: Any, shift: Any) -> Any:
+    """Shape: x (N, C, H, W), inv (N, 4), shift (N, 2) float32 -> (N, C, H, W); see the CPU twin."""
+    _check("affine_warp", x, 4)
+    if tuple(inv.shape) != (x.shape[0], 4) or tuple(shift.shape) != (x.shape[0], 2):
+        raise ValueError(
+            f"affine_warp: expected inv ({x.shape[0]}, 4) and shift ({x.shape[0]}, 2), "
+            f"got {tuple(inv.shape)} and {tuple(shift.shape)}"
+        )
+    xp = _xp(x)
+    n, c, h, w = x.shape
+    dt = x.dtype.type
+    out = xp.empty(x.shape, dtype=x.dtype)
+    _warp.affine_warp_fwd_kernel[_blocks(out.size), THREADS](
+        x,
+        inv.astype(x.dtype),
+        shift.astype(x.dtype),
+        xp.arange(w, dtype=x.dtype),
+        xp.arange(h, dtype=x.dtype),
+        dt((w - 1) / 2),
+        dt((h - 1) / 2),
+        dt(0),
+        dt(1),
+        out,
+    )
+    return out
 
 
 def generator(seed: int) -> Any:

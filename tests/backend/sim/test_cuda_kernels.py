@@ -86,3 +86,22 @@ def test_launchers_reject_bad_arrays(dev):
         gpu.im2col(put(np.zeros((3, 4), np.float32)), 3, 1, 1)
     with pytest.raises(ValueError, match="maxpool2d: expected float32"):
         gpu.maxpool2d_fwd(put(np.zeros((1, 1, 4, 4), np.int32)), 2, 2, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "c", "h", "w"), [(3, 1, 7, 9), (1, 2, 6, 6), (2, 1, 28, 28)])
+def test_affine_warp(dev, n, c, h, w, dtype):
+    put, get = dev
+    g = np.random.default_rng(2)
+    x = g.random((n, c, h, w)).astype(dtype)
+    theta, s = g.uniform(-0.5, 0.5, n), g.uniform(0.8, 1.2, n)
+    inv = np.stack(
+        [np.cos(theta) / s, np.sin(theta) / s, -np.sin(theta) / s, np.cos(theta) / s], axis=1
+    ).astype(np.float32)
+    shift = g.uniform(-3, 3, (n, 2)).astype(np.float32)
+    ref = cpu.affine_warp(x, inv, shift)
+    np.testing.assert_allclose(get(gpu.affine_warp(put(x), put(inv), put(shift))), ref, atol=1e-4)
+    ident = np.tile(np.array([1, 0, 0, 1], np.float32), (n, 1))
+    np.testing.assert_allclose(
+        get(gpu.affine_warp(put(x), put(ident), put(np.zeros((n, 2), np.float32)))), x, atol=1e-6
+    )
