@@ -166,13 +166,19 @@ def train(
         last.unlink()  # a fresh start must not leave an older run's checkpoint to resume from
     history = trainer.fit(loaders["train"], loaders.get("val"), config.epochs)
     best = run_dir / "checkpoints" / "best.npz"
-    val_loss = [v for v in history["val_loss"] if v == v]
-    i = int(np.argmin(val_loss)) if val_loss else -1
+    watched = np.array(history[config.monitor], dtype=float)  # NaN where there was no val set
+    has_val = bool(np.isfinite(watched).any())
+    if has_val:
+        i = int(
+            np.nanargmax(watched) if config.monitor == "val_accuracy" else np.nanargmin(watched)
+        )
+    else:
+        i = -1
     summary = {
         "epochs": len(history["epoch"]),
         "best_epoch": i + 1,
-        "best_val_loss": val_loss[i] if val_loss else None,
-        "best_val_accuracy": history["val_accuracy"][i] if val_loss else None,
+        "best_val_loss": history["val_loss"][i] if has_val else None,
+        "best_val_accuracy": history["val_accuracy"][i] if has_val else None,
         "best_checkpoint": str(best if best.exists() else last),
         "train_time_s": float(sum(history["elapsed_s"])),
     }
