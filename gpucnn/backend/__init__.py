@@ -47,8 +47,12 @@ class Backend:
 CPU = Backend("cpu", np, _cpu)
 
 
+@functools.cache
 def _cuda_missing() -> str | None:
-    """Why the CUDA backend cannot be used here, as one sentence; None when it can."""
+    """Why the CUDA backend cannot be used here, as one sentence; None when it can.
+
+    Asked once per process: backend_of calls get_backend for every op on device arrays.
+    """
     try:
         import cupy  # noqa: F401
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
