@@ -80,10 +80,12 @@ def conv2d_forward(
     n = x.shape[0]
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
-    y = w.reshape(f, -1) @ cols  # (F, N*OH*OW)
-    if b is not None:
-        y += b[:, None]
-    y = be.xp.ascontiguousarray(y.reshape(f, n, oh, ow).transpose(1, 0, 2, 3))
+    yt = (w.reshape(f, -1) @ cols).reshape(f, n, oh, ow).transpose(1, 0, 2, 3)  # (F, N*OH*OW)
+    y = be.xp.empty((n, f, oh, ow), dtype=yt.dtype)
+    if b is not None:  # the bias rides along the one pass that transposes to (N, F, OH, OW)
+        be.xp.add(yt, b[None, :, None, None], out=y)
+    else:
+        y[...] = yt
     return y, (cols, x.shape, w, b is not None, stride, pad)
 
 
@@ -104,5 +106,6 @@ def conv2d_backward(
     db = dy2.sum(axis=1) if has_bias and need_params else None
     dx = None
     if need_dx:
-        dx = be.kernels.col2im(w.reshape(f, -1).T @ dy2, x_shape, k, stride, pad)
+        dcols = w.reshape(f, -1).T @ dy2  # (C*k*k, N*OH*OW), a temporary: col2im may reuse it
+        dx = be.kernels.col2im(dcols, x_shape, k, stride, pad, overwrite_cols=True)
     return dx, dw, db

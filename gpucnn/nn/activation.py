@@ -14,6 +14,9 @@ from gpucnn.nn.module import Module, Shape
 class ReLU(Module):
     """y = max(x, 0). Shape: any -> same."""
 
+    # monotone and exact on ties that matter: Sequential may run it after a following max pool
+    commutes_with_max_pool = True
+
     def forward(self, x: Any) -> Any:
         y, self._mask = F.relu_forward(x)
         return y

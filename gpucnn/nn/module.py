@@ -302,13 +302,26 @@ class Sequential(Module):
     def __iter__(self) -> Iterator[Module]:
         return self.children()
 
+    def _order(self) -> list[Module]:
+        """The layers in the order they run: as given, except that a layer which commutes with
+        max pooling (ReLU: relu(max(w)) == max(relu(w)) for every window w, and the gradients
+        agree too) runs after the MaxPool2d that follows it, on a quarter of the elements."""
+        order = list(self._modules.values())
+        for i in range(len(order) - 1):
+            if getattr(order[i], "commutes_with_max_pool", False) and getattr(
+                order[i + 1], "is_max_pool", False
+            ):
+                order[i], order[i + 1] = order[i + 1], order[i]
+        return order
+
     def forward(self, x: Any) -> Any:
-        for layer in self._modules.values():
+        self._ran = self._order()
+        for layer in self._ran:
             x = layer(x)
         return x
 
     def backward(self, dy: Any) -> Any:
-        for layer in reversed(self._modules.values()):
+        for layer in reversed(getattr(self, "_ran", None) or self._order()):
             dy = layer.backward(dy)
         return dy
 

@@ -49,6 +49,7 @@ class MaxPool2d(_Pool2d):
     """
 
     name = "MaxPool2d"
+    is_max_pool = True
 
     def forward(self, x: Any) -> Any:
         y, self._cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)

@@ -107,3 +107,41 @@ def test_repr_shows_the_structure():
     text = repr(_net())
     assert "Conv2d(1, 2, kernel_size=3, stride=1, padding=1, bias=True)" in text
     assert "Dropout(p=0.5)" in text
+
+
+@pytest.mark.parametrize("pool_padding", [0, 1])
+def test_relu_before_max_pool_runs_after_it_with_identical_results(pool_padding):
+    # Sequential runs ReLU after a following MaxPool2d; the output and every gradient must be
+    # those of the layers run one by one in the order written.
+    g = np.random.default_rng(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, rng=g),
+        nn.ReLU(),
+        nn.MaxPool2d(2, padding=pool_padding),
+        nn.Flatten(),
+    ).to(dtype=np.float64)
+    assert [type(m).__name__ for m in model._order()] == ["Conv2d", "MaxPool2d", "ReLU", "Flatten"]
+    x = g.standard_normal((2, 2, 6, 6))
+    x[0, :, :2, :2] = -1.0  # a window with no positive value: its gradient is zero both ways
+    y = model(x)
+    dy = g.standard_normal(y.shape)
+    dx = model.backward(dy)
+    grads = [p.grad.copy() for p in model.parameters()]
+
+    model.zero_grad()
+    h = x
+    for layer in model:  # the order as written
+        h = layer(h)
+    np.testing.assert_array_equal(h, y)
+    d = dy
+    for layer in reversed(list(model)):
+        d = layer.backward(d)
+    np.testing.assert_array_equal(d, dx)
+    for p, ref in zip(model.parameters(), grads, strict=True):
+        np.testing.assert_array_equal(p.grad, ref)
+
+
+def test_only_a_relu_directly_before_a_max_pool_moves():
+    layers = [nn.Tanh(), nn.MaxPool2d(2), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.MaxPool2d(2)]
+    order = nn.Sequential(*layers)._order()
+    assert order == layers[:4] + [layers[5], layers[4]]

@@ -6,6 +6,11 @@ faster (measured: 524 vs 957 images/s for the seed model on 2 cores).
 
 Max pooling keeps the index (within the window, i*k + j) of each window's winner for the
 backward pass; a NaN wins its window, so a NaN in the input stays visible downstream.
+
+The 2×2, stride-2 window (every model here uses it) has its own kernel. It picks the winner with
+selects rather than branches: on random activations "is b bigger than a" is a coin flip, and
+the mispredicted branches of the general kernel cost 6x (measured: 9.3 ms vs 1.5 ms for the
+seed model's first pool, 64×32×28×28). NaNs take the rare branch.
 """
 
 from __future__ import annotations
@@ -41,6 +46,33 @@ def _maxpool_fwd(x, k, stride, pad, y, arg):  # pragma: no cover - compiled
                                 break
                     if best != best:
                         break
+                y[p, oy, ox] = best
+                arg[p, oy, ox] = won
+
+
+@numba.njit(cache=True)
+def _maxpool2x2_fwd(x, y, arg):  # pragma: no cover - compiled
+    planes, _, _ = x.shape
+    _, oh, ow = y.shape
+    for p in range(planes):
+        for oy in range(oh):
+            for ox in range(ow):
+                a = x[p, 2 * oy, 2 * ox]
+                b = x[p, 2 * oy, 2 * ox + 1]
+                c = x[p, 2 * oy + 1, 2 * ox]
+                d = x[p, 2 * oy + 1, 2 * ox + 1]
+                t = b > a
+                best = b if t else a
+                won = 1 if t else 0
+                t = c > best
+                best = c if t else best
+                won = 2 if t else won
+                t = d > best
+                best = d if t else best
+                won = 3 if t else won
+                if a != a or b != b or c != c or d != d:  # the first NaN wins
+                    won = 0 if a != a else (1 if b != b else (2 if c != c else 3))
+                    best = a + b + c + d
                 y[p, oy, ox] = best
                 arg[p, oy, ox] = won
 
@@ -109,7 +141,10 @@ def maxpool2d_fwd(x: np.ndarray, k: int, stride: int, pad: int) -> tuple[np.ndar
     oh, ow = _out(h, k, stride, pad), _out(w, k, stride, pad)
     y = np.empty((n * c, oh, ow), dtype=x.dtype)
     arg = np.empty((n * c, oh, ow), dtype=np.int32)
-    _maxpool_fwd(_planes(x), k, stride, pad, y, arg)
+    if k == 2 and stride == 2 and pad == 0:
+        _maxpool2x2_fwd(_planes(x), y, arg)
+    else:
+        _maxpool_fwd(_planes(x), k, stride, pad, y, arg)
     return y.reshape(n, c, oh, ow), arg.reshape(n, c, oh, ow)
 
 

@@ -55,8 +55,14 @@ def im2col(x: Any, k: int, stride: int, pad: int, pad_value: float = 0.0) -> Any
     return cols
 
 
-def col2im(cols: Any, x_shape: tuple, k: int, stride: int, pad: int) -> Any:
-    """Shape: (C*k*k, N*OH*OW) -> (N, C, H, W), summing overlaps (the adjoint of im2col)."""
+def col2im(
+    cols: Any, x_shape: tuple, k: int, stride: int, pad: int, overwrite_cols: bool = False
+) -> Any:
+    """Shape: (C*k*k, N*OH*OW) -> (N, C, H, W), summing overlaps (the adjoint of im2col).
+
+    The gather kernel only reads ``cols``; ``overwrite_cols`` is accepted for the CPU twin's
+    sake.
+    """
     _check("col2im", cols, 2)
     out = _xp(cols).empty(x_shape, dtype=cols.dtype)
     _k.col2im_bwd_kernel[_blocks(out.size), THREADS](cols, k, stride, pad, cols.dtype.type(0), out)

@@ -1,0 +1,67 @@
+"""The CPU backend's fast paths against its general kernels (which the naive loops check).
+
+The stride-1 "same" im2col/col2im and the 2×2 max pool take different code from the general
+kernels; these tests pin them to the general ones, bit for bit where the math allows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpucnn.backend.cpu import pool, window
+
+SAME_CASES = [  # (N, C, H, W, k, pad): 2*pad == k - 1, stride 1
+    (2, 3, 5, 6, 3, 1),
+    (1, 1, 1, 1, 3, 1),  # every tap but the centre falls outside
+    (1, 2, 2, 3, 5, 2),  # the kernel is larger than the image
+    (3, 2, 7, 4, 1, 0),
+    (2, 1, 9, 8, 7, 3),
+    (4, 5, 14, 14, 3, 1),  # the seed model's conv2, shrunk in N and C
+]
+
+
+@pytest.mark.parametrize("n, c, h, w, k, pad", SAME_CASES)
+@pytest.mark.parametrize("pad_value", [0.0, -7.5])
+def test_im2col_same_padding_path_matches_general_kernel(n, c, h, w, k, pad, pad_value):
+    x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32)
+    assert window._same(x.shape, k, 1, pad)
+    ref = np.empty((c * k * k, n * h * w), np.float32)
+    window._im2col(x, k, 1, pad, np.float32(pad_value), ref)
+    np.testing.assert_array_equal(window.im2col(x, k, 1, pad, pad_value), ref)
+
+
+@pytest.mark.parametrize("n, c, h, w, k, pad", SAME_CASES)
+def test_col2im_same_padding_path_matches_general_kernel(n, c, h, w, k, pad):
+    cols = np.random.default_rng(1).standard_normal((c * k * k, n * h * w))
+    ref = np.zeros((n, c, h, w))
+    window._col2im(cols, k, 1, pad, ref)
+    kept = cols.copy()
+    np.testing.assert_allclose(window.col2im(cols, (n, c, h, w), k, 1, pad), ref, rtol=1e-12)
+    np.testing.assert_array_equal(cols, kept)  # without overwrite_cols, cols is left alone
+    np.testing.assert_allclose(
+        window.col2im(cols, (n, c, h, w), k, 1, pad, overwrite_cols=True), ref, rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 1, 7, 5), (3, 2, 2, 2), (1, 4, 28, 28)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_2x2_path_matches_general_kernel(shape, dtype):
+    g = np.random.default_rng(2)
+    x = g.standard_normal(shape).astype(dtype)
+    x.flat[g.choice(x.size, 5, replace=False)] = np.nan
+    x.flat[g.choice(x.size, 5, replace=False)] = np.inf
+    x.flat[g.choice(x.size, 5, replace=False)] = -np.inf
+    x[0, 0, :2, :2] = [[1.0, 1.0], [1.0, 1.0]]  # a tie: the first element wins
+    x[-1, -1, :2, :2] = [[-np.inf, -np.inf], [-np.inf, np.nan]]  # a NaN after -inf wins
+    n, c, h, w = shape
+    planes = x.reshape(n * c, h, w)
+    y_ref = np.empty((n * c, h // 2, w // 2), dtype)
+    arg_ref = np.empty(y_ref.shape, np.int32)
+    pool._maxpool_fwd(planes, 2, 2, 0, y_ref, arg_ref)
+    y, arg = pool.maxpool2d_fwd(x, 2, 2, 0)
+    np.testing.assert_array_equal(y.reshape(y_ref.shape), y_ref)  # NaNs compare equal here
+    np.testing.assert_array_equal(arg.reshape(arg_ref.shape), arg_ref)
+    if n * c > 1:  # the tie and the NaN window are in different planes
+        assert arg.reshape(-1)[0] == 0
+    assert np.isnan(y[-1, -1, 0, 0]) and arg[-1, -1, 0, 0] == 3
