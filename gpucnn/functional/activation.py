@@ -9,14 +9,16 @@ from gpucnn.functional._checks import check_float
 
 
 def relu_forward(x: Any) -> tuple[Any, Any]:
-    """y = max(x, 0). Shape: any -> same. The cache is the mask x > 0."""
+    """y = max(x, 0), a NaN kept visible. Shape: any -> same. The cache is y itself (y > 0
+    exactly where x > 0), so ReLU keeps no mask of its own."""
     check_float("ReLU", x)
-    return backend_of(x).xp.maximum(x, 0), x > 0  # maximum keeps NaN visible
+    y = backend_of(x).kernels.relu_fwd(x)
+    return y, y
 
 
-def relu_backward(dy: Any, mask: Any) -> Any:
+def relu_backward(dy: Any, y: Any) -> Any:
     """dx = dy where x > 0, else 0 (the subgradient at 0 is taken as 0, as PyTorch does)."""
-    return dy * mask
+    return backend_of(dy).kernels.relu_bwd(dy, y)
 
 
 def tanh_forward(x: Any) -> tuple[Any, Any]:

@@ -20,12 +20,6 @@ from typing import Any
 from gpucnn.backend import backend_of
 from gpucnn.functional._checks import check_channels, check_float, check_rank
 
-_AXES = (0, 2, 3)
-
-
-def _c(v: Any) -> Any:
-    return v[None, :, None, None]
-
 
 def batchnorm2d_forward(
     x: Any,
@@ -42,37 +36,18 @@ def batchnorm2d_forward(
     check_rank(layer, x, 4, "(N, C, H, W)")
     check_float(layer, x, like=gamma)
     check_channels(layer, x, gamma.shape[0])
-    xp = backend_of(x).xp
-    if training:
-        m = x.shape[0] * x.shape[2] * x.shape[3]
-        if m < 2:
-            raise ValueError(
-                f"{layer}: training needs more than 1 value per channel to compute a variance, "
-                f"got input shape {tuple(x.shape)}"
-            )
-        mu = x.mean(axis=_AXES)
-        var = ((x - _c(mu)) ** 2).mean(axis=_AXES)
-        mom = x.dtype.type(momentum)
-        running_mean *= 1 - mom
-        running_mean += mom * mu
-        running_var *= 1 - mom
-        running_var += mom * var * x.dtype.type(m / (m - 1))
-    else:
-        mu, var = running_mean, running_var
-    invstd = 1 / xp.sqrt(var + x.dtype.type(eps))
-    xhat = (x - _c(mu)) * _c(invstd)
-    y = _c(gamma) * xhat + _c(beta)
-    return y, (xhat, invstd, gamma, training)
+    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        raise ValueError(
+            f"{layer}: training needs more than 1 value per channel to compute a variance, "
+            f"got input shape {tuple(x.shape)}"
+        )
+    y, saved = backend_of(x).kernels.batchnorm2d_fwd(
+        x, gamma, beta, running_mean, running_var, training, momentum, eps
+    )
+    return y, (saved, gamma, training)
 
 
 def batchnorm2d_backward(dy: Any, cache: tuple) -> tuple[Any, Any, Any]:
     """Shape: dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    xhat, invstd, gamma, training = cache
-    dbeta = dy.sum(axis=_AXES)
-    dgamma = (dy * xhat).sum(axis=_AXES)
-    if not training:  # the statistics are constants in eval mode
-        return dy * _c(gamma * invstd), dgamma, dbeta
-    m = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    scale = _c(gamma * invstd / m)
-    dx = scale * (m * dy - _c(dbeta) - xhat * _c(dgamma))
-    return dx, dgamma, dbeta
+    saved, gamma, training = cache
+    return backend_of(dy).kernels.batchnorm2d_bwd(dy, saved, gamma, training)

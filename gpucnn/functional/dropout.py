@@ -18,28 +18,27 @@ def check_p(p: float) -> float:
     return float(p)
 
 
-def dropout_forward(x: Any, p: float, training: bool, rng: Any) -> tuple[Any, Any]:
-    """Shape: any -> same. The cache is the scaled mask (None in eval mode or when p = 0).
+def dropout_forward(x: Any, p: float, training: bool, key: int) -> tuple[Any, Any]:
+    """Shape: any -> same. The cache is the key (None in eval mode or when p = 0).
 
     Args:
         x: input.
         p: probability of zeroing an element.
         training: apply dropout (True) or pass x through (False).
-        rng: the generator for the mask (numpy.random.Generator on the CPU).
+        key: a 64-bit integer; element i is kept when hash(key, i) clears p (see
+            gpucnn.backend.formulas.dropout_draw), so the same key gives the same mask on every
+            device and backward recomputes the mask instead of storing it.
     """
     check_float("Dropout", x)
     p = check_p(p)
     if not training or p == 0.0:
         return x, None
-    xp = backend_of(x).xp
-    if p == 1.0:
-        scaled_mask = xp.zeros_like(x)
-    else:
-        keep = rng.random(x.shape, dtype=x.dtype) >= p
-        scaled_mask = keep * x.dtype.type(1.0 / (1.0 - p))
-    return x * scaled_mask, scaled_mask
+    return backend_of(x).kernels.dropout_fwd(x, p, key), (p, key)
 
 
-def dropout_backward(dy: Any, scaled_mask: Any) -> Any:
-    """dx = dy * m / (1 - p); identity when there was no mask."""
-    return dy if scaled_mask is None else dy * scaled_mask
+def dropout_backward(dy: Any, cache: Any) -> Any:
+    """dx = dy * m / (1 - p) with the forward pass's mask m; identity when there was none."""
+    if cache is None:
+        return dy
+    p, key = cache
+    return backend_of(dy).kernels.dropout_bwd(dy, p, key)

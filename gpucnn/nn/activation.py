@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 from gpucnn import functional as F
-from gpucnn.backend import backend_of
 from gpucnn.nn import init
 from gpucnn.nn.module import Module, Shape
 
@@ -48,7 +47,9 @@ class Dropout(Module):
 
     Args:
         p: probability of zeroing an element, in [0, 1].
-        rng: seed or Generator for the masks (seeded runs are reproducible).
+        rng: seed or Generator that hands out one mask key per step (seeded runs are
+            reproducible, and draw the same masks on the CPU and the GPU; a checkpoint saves
+            this generator, so a resumed run draws the masks it would have drawn).
 
     Shape: any -> same.
     """
@@ -59,19 +60,11 @@ class Dropout(Module):
 
         self.p = check_p(p)
         self.rng = init.as_rng(rng)
-        self._device_rng: Any = None
-
-    def _generator(self, x: Any) -> Any:
-        """The host generator on the CPU; on a GPU, a device generator seeded from it once."""
-        be = backend_of(x)
-        if be.name == "cpu":
-            return self.rng
-        if self._device_rng is None:
-            self._device_rng = be.kernels.generator(int(self.rng.integers(2**63)))
-        return self._device_rng
 
     def forward(self, x: Any) -> Any:
-        y, self._mask = F.dropout_forward(x, self.p, self.training, self._generator(x))
+        # one key per step from the host generator: the mask itself is drawn on x's device
+        key = int(self.rng.integers(2**63)) if self.training and self.p > 0 else 0
+        y, self._mask = F.dropout_forward(x, self.p, self.training, key)
         return y
 
     def backward(self, dy: Any) -> Any:

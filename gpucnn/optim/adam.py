@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,7 +49,6 @@ class Adam(Optimizer):
     def _update(self, p: Parameter, grad: Any, state: dict[str, Any]) -> None:
         w = p.data
         xp = backend_of(w).xp
-        dt = w.dtype.type
         b1, b2 = self.betas
         if not state:
             state["step"] = 0
@@ -60,14 +58,17 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(w)
         state["step"] += 1
         t = state["step"]
-        g = grad + dt(self.weight_decay) * w if self.weight_decay else grad
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += dt(1 - b1) * (g - m)
-        v *= dt(b2)
-        v += dt(1 - b2) * g * g
-        if self.amsgrad:
-            xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
-        step_size = self.lr / (1 - b1**t)
-        denom = xp.sqrt(v) / dt(math.sqrt(1 - b2**t)) + dt(self.eps)
-        w -= dt(step_size) * (m / denom)
+        # one fused pass per parameter (a backend kernel) instead of a dozen array expressions
+        backend_of(w).kernels.adam_update(
+            w,
+            xp.ascontiguousarray(grad, dtype=w.dtype),
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["max_exp_avg_sq"] if self.amsgrad else None,
+            step_size=self.lr / (1 - b1**t),
+            beta1=b1,
+            beta2=b2,
+            bias_correction2=1 - b2**t,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from gpucnn.backend import backend_of
 from gpucnn.nn.module import Parameter
 from gpucnn.optim.optimizer import Optimizer, check_range
 
@@ -41,14 +42,18 @@ class SGD(Optimizer):
 
     def _update(self, p: Parameter, grad: Any, state: dict[str, Any]) -> None:
         w = p.data
-        dt = w.dtype.type
-        g = grad + dt(self.weight_decay) * w if self.weight_decay else grad
-        if self.momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.copy()
-            else:
-                buf *= dt(self.momentum)
-                buf += dt(1 - self.dampening) * g
-            g = g + dt(self.momentum) * buf if self.nesterov else buf
-        w -= dt(self.lr) * g
+        xp = backend_of(w).xp
+        first = self.momentum != 0 and "momentum_buffer" not in state
+        if first:
+            state["momentum_buffer"] = xp.empty_like(w)
+        backend_of(w).kernels.sgd_update(  # one fused pass per parameter
+            w,
+            xp.ascontiguousarray(grad, dtype=w.dtype),
+            state.get("momentum_buffer"),
+            first=first,
+            lr=self.lr,
+            momentum=self.momentum,
+            dampening=self.dampening,
+            weight_decay=self.weight_decay,
+            nesterov=self.nesterov,
+        )

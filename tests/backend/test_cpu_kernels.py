@@ -65,3 +65,42 @@ def test_maxpool_2x2_path_matches_general_kernel(shape, dtype):
     if n * c > 1:  # the tie and the NaN window are in different planes
         assert arg.reshape(-1)[0] == 0
     assert np.isnan(y[-1, -1, 0, 0]) and arg[-1, -1, 0, 0] == 3
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_masks_keep_1_minus_p_and_depend_only_on_the_key(p):
+    from gpucnn.backend import cpu
+
+    x = np.ones(200_000, np.float32)
+    y = cpu.dropout_fwd(x, p, key=7)
+    kept = y != 0
+    assert abs(kept.mean() - (1 - p)) < 0.005
+    np.testing.assert_allclose(y[kept], 1 / (1 - p), rtol=1e-6)  # inverted: E[y] = x
+    np.testing.assert_array_equal(cpu.dropout_fwd(x, p, key=7), y)  # a pure function of the key
+    other = cpu.dropout_fwd(x, p, key=8) != 0
+    # masks under neighbouring keys are independent: they agree as often as chance says
+    assert abs((kept == other).mean() - (p * p + (1 - p) ** 2)) < 0.005
+    np.testing.assert_array_equal(cpu.dropout_bwd(x, p, key=7), y)  # backward: the same mask
+
+
+def test_dropout_of_everything_and_of_nothing():
+    from gpucnn.backend import cpu
+
+    x = np.arange(1, 11, dtype=np.float64)
+    assert not cpu.dropout_fwd(x, 1.0, key=3).any()
+    np.testing.assert_array_equal(cpu.dropout_fwd(x, 0.0, key=3), x)
+
+
+def test_softmax_cross_entropy_kernel_matches_the_formula_and_flags_bad_labels():
+    from gpucnn.backend import cpu
+
+    g = np.random.default_rng(3)
+    z, labels = g.standard_normal((6, 4)) * 30, g.integers(0, 4, 6)
+    loss, grad = cpu.softmax_xent_fwd(z, labels)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    np.testing.assert_allclose(loss, -logp[np.arange(6), labels].mean(), rtol=1e-12)
+    onehot = np.eye(4)[labels]
+    np.testing.assert_allclose(grad, (np.exp(logp) - onehot) / 6, rtol=1e-10, atol=1e-15)
+    bad_loss, bad_grad = cpu.softmax_xent_fwd(z, np.array([0, 1, 2, 3, 4, 0]))
+    assert np.isnan(bad_loss) and np.isnan(bad_grad[4]).all() and np.isfinite(bad_grad[5]).all()

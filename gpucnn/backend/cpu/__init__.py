@@ -2,21 +2,23 @@
 
 The window kernels share one layout: ``cols`` is (C*k*k, N*OH*OW), rows ordered (c, i, j) for
 channel c and kernel offset (i, j), columns ordered (n, oh, ow). Convolution is then one GEMM
-with the (F, C*k*k) weight matrix, and pooling is a reduction over the rows of the columns of a
-(N*C, 1, H, W) view.
+with the (F, C*k*k) weight matrix. Pooling loops over the N*C planes directly. Elementwise
+kernels and optimizer updates compile the per-element rules of gpucnn.backend.formulas, which
+the CUDA kernels compile too.
 """
 
-import numpy as np
-
+from gpucnn.backend.cpu.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
+from gpucnn.backend.cpu.elementwise import (
+    dropout_bwd,
+    dropout_fwd,
+    relu_bwd,
+    relu_fwd,
+    softmax_xent_fwd,
+)
+from gpucnn.backend.cpu.optim import adam_update, sgd_update
 from gpucnn.backend.cpu.pool import avgpool2d_bwd, avgpool2d_fwd, maxpool2d_bwd, maxpool2d_fwd
 from gpucnn.backend.cpu.warp import affine_warp
 from gpucnn.backend.cpu.window import col2im, im2col
-
-
-def generator(seed: int) -> np.random.Generator:
-    """A random generator living on this device (dropout masks)."""
-    return np.random.default_rng(seed)
-
 
 __all__ = [
     "affine_warp",
@@ -26,5 +28,13 @@ __all__ = [
     "maxpool2d_bwd",
     "avgpool2d_fwd",
     "avgpool2d_bwd",
-    "generator",
+    "relu_fwd",
+    "relu_bwd",
+    "dropout_fwd",
+    "dropout_bwd",
+    "softmax_xent_fwd",
+    "batchnorm2d_fwd",
+    "batchnorm2d_bwd",
+    "adam_update",
+    "sgd_update",
 ]

@@ -11,6 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend import formulas
+from gpucnn.backend.cuda import batchnorm as _bn
+from gpucnn.backend.cuda import elementwise as _ew
+from gpucnn.backend.cuda import optim as _optim
 from gpucnn.backend.cuda import warp as _warp
 from gpucnn.backend.cuda import window as _k
 
@@ -149,17 +153,142 @@ def affine_warp(x: Any, inv: Any, shift: Any) -> Any:
     return out
 
 
-def generator(seed: int) -> Any:
-    """A random generator on the GPU (CuPy's); NumPy's under the simulator."""
-    try:
-        import cupy
-    except ImportError:  # the simulator on a machine without CuPy
-        return np.random.default_rng(seed)
-    return cupy.random.default_rng(seed)
+def _flat(a: Any) -> Any:
+    return a.reshape(a.size)
+
+
+def relu_fwd(x: Any) -> Any:
+    """y = max(x, 0), NaN kept. Shape: any -> same."""
+    _check("relu", x, x.ndim)
+    y = _xp(x).empty(x.shape, dtype=x.dtype)
+    _ew.relu_fwd_kernel[_blocks(x.size), THREADS](_flat(x), x.dtype.type(0), _flat(y))
+    return y
+
+
+def relu_bwd(dy: Any, y: Any) -> Any:
+    """dx = dy where y > 0, else 0. Shape: any -> same."""
+    _check("relu_bwd", dy, dy.ndim)
+    dx = _xp(dy).empty(dy.shape, dtype=dy.dtype)
+    _ew.relu_bwd_kernel[_blocks(dy.size), THREADS](_flat(dy), _flat(y), dy.dtype.type(0), _flat(dx))
+    return dx
+
+
+def dropout_fwd(x: Any, p: float, key: int) -> Any:
+    """Inverted dropout, the mask drawn under ``key`` (the CPU twin draws the same mask)."""
+    _check("dropout", x, x.ndim)
+    threshold, scale = formulas.dropout_constants(p)
+    out = _xp(x).empty(x.shape, dtype=x.dtype)
+    _ew.dropout_fwd_kernel[_blocks(x.size), THREADS](
+        _flat(x), np.uint64(key), threshold, x.dtype.type(scale), x.dtype.type(0), _flat(out)
+    )
+    return out
+
+
+def dropout_bwd(dy: Any, p: float, key: int) -> Any:
+    """dx = dy * mask / (1 - p), the mask recomputed from ``key``."""
+    return dropout_fwd(dy, p, key)
+
+
+def softmax_xent_fwd(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Mean softmax cross-entropy and its gradient in one launch (one thread per row).
+
+    Shape: logits (N, K), labels (N,) -> loss (0-d), dlogits (N, K) = (softmax - onehot) / N.
+    A label outside [0, K) makes the loss NaN (checked on the device, without a sync).
+    """
+    _check("softmax_xent", logits, 2)
+    xp = _xp(logits)
+    n = logits.shape[0]
+    dt = logits.dtype.type
+    total = xp.zeros(1, dtype=logits.dtype)
+    grad = xp.empty(logits.shape, dtype=logits.dtype)
+    _ew.softmax_xent_fwd_kernel[_blocks(n), THREADS](
+        logits, labels.astype(np.int64, copy=False), dt(1 / n), dt(1), dt(np.nan), total, grad
+    )
+    return total.reshape(()), grad
+
+
+def _channel_grid(c: int, m: int) -> tuple[tuple[int, int], int]:
+    """Blocks (along the elements of a channel, channels) for the per-channel reductions."""
+    return (max(1, min(-(-m // THREADS), max(1, 1024 // c))), c), THREADS
+
+
+def batchnorm2d_fwd(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    """Normalize per channel; in training, update the running statistics in place (3 launches:
+    reduce, finalize, normalize). Shape: (N, C, H, W) -> y and what backward needs."""
+    _check("batchnorm2d", x, 4)
+    xp = _xp(x)
+    n, c, h, w = x.shape
+    hw, m = h * w, n * h * w
+    dt = x.dtype.type
+    if training:
+        sums, sumsq = xp.zeros(c, dtype=x.dtype), xp.zeros(c, dtype=x.dtype)
+        blocks, threads = _channel_grid(c, m)
+        _bn.batchnorm_stats_fwd_kernel[blocks, threads](_flat(x), c, hw, m, sums, sumsq)
+        mean, invstd = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
+        _bn.batchnorm_finalize_fwd_kernel[_blocks(c), THREADS](
+            _flat(x),
+            hw,
+            sums,
+            sumsq,
+            dt(1),
+            dt(1 / m),
+            dt(eps),
+            dt(momentum),
+            dt(m / (m - 1)),
+            mean,
+            invstd,
+            running_mean,
+            running_var,
+        )
+    else:
+        mean, invstd = running_mean, 1 / xp.sqrt(running_var + dt(eps))
+    y = xp.empty(x.shape, dtype=x.dtype)
+    _bn.batchnorm_fwd_kernel[_blocks(x.size), THREADS](
+        _flat(x), c, hw, mean, invstd, gamma, beta, _flat(y)
+    )
+    return y, (x, mean, invstd)
+
+
+def batchnorm2d_bwd(dy, saved, gamma, training):
+    """Shape: dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,); 2 launches."""
+    _check("batchnorm2d_bwd", dy, 4)
+    x, mean, invstd = saved
+    xp = _xp(dy)
+    n, c, h, w = dy.shape
+    hw, m = h * w, n * h * w
+    dgamma, dbeta = xp.zeros(c, dtype=dy.dtype), xp.zeros(c, dtype=dy.dtype)
+    blocks, threads = _channel_grid(c, m)
+    _bn.batchnorm_stats_bwd_kernel[blocks, threads](
+        _flat(dy), _flat(x), c, hw, m, mean, invstd, dgamma, dbeta
+    )
+    dx = xp.empty(dy.shape, dtype=dy.dtype)
+    _bn.batchnorm_bwd_kernel[_blocks(dy.size), THREADS](
+        _flat(dy),
+        _flat(x),
+        c,
+        hw,
+        dy.dtype.type(m),
+        mean,
+        invstd,
+        gamma,
+        dgamma,
+        dbeta,
+        training,
+        _flat(dx),
+    )
+    return dx, dgamma, dbeta
 
 
 __all__ = [
-    "generator",
+    "adam_update",
+    "sgd_update",
+    "relu_fwd",
+    "relu_bwd",
+    "dropout_fwd",
+    "dropout_bwd",
+    "softmax_xent_fwd",
+    "batchnorm2d_fwd",
+    "batchnorm2d_bwd",
     "im2col",
     "col2im",
     "maxpool2d_fwd",
@@ -167,3 +296,24 @@ __all__ = [
     "avgpool2d_fwd",
     "avgpool2d_bwd",
 ]
+
+
+def adam_update(w, g, m, v, vmax, *, step_size, beta1, beta2, bias_correction2, eps, weight_decay):
+    """One Adam step for one parameter in one launch, in place (AMSGrad when ``vmax`` is given)."""
+    amsgrad = vmax is not None
+    formulas.check_same_layout("adam_update", w, g, m, v, *([vmax] if amsgrad else []))
+    consts = formulas.adam_constants(
+        w.dtype, step_size, beta1, beta2, bias_correction2, eps, weight_decay
+    )
+    stand_in = _xp(w).empty(1, dtype=w.dtype)  # never read or written
+    flat = [a.reshape(-1) for a in (w, g, m, v, vmax if amsgrad else stand_in)]
+    _optim.adam_update_kernel[_blocks(w.size), THREADS](*flat, amsgrad, *consts)
+
+
+def sgd_update(w, g, buf, *, first, lr, momentum, dampening, weight_decay, nesterov):
+    """One SGD step for one parameter in one launch, in place (``buf``: momentum buffer or None)."""
+    formulas.check_same_layout("sgd_update", w, g, *([buf] if buf is not None else []))
+    consts = formulas.sgd_constants(w.dtype, lr, momentum, dampening, weight_decay)
+    stand_in = _xp(w).empty(1, dtype=w.dtype)  # never read or written
+    flat = [a.reshape(-1) for a in (w, g, buf if buf is not None else stand_in)]
+    _optim.sgd_update_kernel[_blocks(w.size), THREADS](*flat, first, *consts, nesterov)

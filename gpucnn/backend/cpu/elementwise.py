@@ -1,0 +1,97 @@
+"""Elementwise kernels on the CPU: ReLU, dropout and softmax cross-entropy (the CUDA twins are
+in cuda/elementwise.py). The per-element rules are gpucnn.backend.formulas, compiled here by
+numba.njit and there by numba.cuda, so the two devices compute the same thing, dropout masks
+included.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from gpucnn.backend import formulas
+
+_relu = numba.njit(inline="always", error_model="numpy")(formulas.relu_element)
+_relu_grad = numba.njit(inline="always", error_model="numpy")(formulas.relu_grad_element)
+_draw = numba.njit(inline="always", error_model="numpy")(formulas.dropout_draw)
+_dropout_element = numba.njit(inline="always", error_model="numpy")(formulas.dropout_element)
+_xent_row = numba.njit(inline="always", error_model="numpy")(formulas.softmax_xent_row)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _relu_fwd(x, y):  # pragma: no cover - compiled
+    zero = x.dtype.type(0)
+    for e in range(x.size):
+        y[e] = _relu(x[e], zero)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _relu_bwd(dy, y, dx):  # pragma: no cover - compiled
+    zero = dy.dtype.type(0)
+    for e in range(dy.size):
+        dx[e] = _relu_grad(dy[e], y[e], zero)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _dropout(x, key, threshold, scale, out):  # pragma: no cover - compiled
+    zero = x.dtype.type(0)
+    for e in range(x.size):
+        out[e] = _dropout_element(x[e], _draw(key, e), threshold, scale, zero)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _xent(logits, labels, scale, one, nan, losses, grad):  # pragma: no cover - compiled
+    for r in range(logits.shape[0]):
+        losses[r] = _xent_row(logits[r], labels[r], scale, one, nan, grad[r])
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def relu_fwd(x: np.ndarray) -> np.ndarray:
+    """y = max(x, 0), NaN kept. Shape: any -> same."""
+    y = np.empty(x.shape, x.dtype)
+    _relu_fwd(_flat(x), y.reshape(-1))
+    return y
+
+
+def relu_bwd(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dx = dy where y > 0, else 0. Shape: any -> same."""
+    dx = np.empty(dy.shape, dy.dtype)
+    _relu_bwd(_flat(dy), _flat(y), dx.reshape(-1))
+    return dx
+
+
+def dropout_fwd(x: np.ndarray, p: float, key: int) -> np.ndarray:
+    """Inverted dropout with the mask drawn under ``key``. Shape: any -> same."""
+    threshold, scale = formulas.dropout_constants(p)
+    out = np.empty(x.shape, x.dtype)
+    _dropout(_flat(x), np.uint64(key), threshold, x.dtype.type(scale), out.reshape(-1))
+    return out
+
+
+def dropout_bwd(dy: np.ndarray, p: float, key: int) -> np.ndarray:
+    """dx = dy * mask / (1 - p), the forward pass's mask recomputed from ``key``."""
+    return dropout_fwd(dy, p, key)
+
+
+def softmax_xent_fwd(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean softmax cross-entropy and its gradient, in one pass over the rows.
+
+    Shape: logits (N, K), labels (N,) -> loss (0-d), dlogits (N, K) = (softmax - onehot) / N.
+    """
+    n = logits.shape[0]
+    dt = logits.dtype.type
+    losses = np.empty(n, logits.dtype)
+    grad = np.empty(logits.shape, logits.dtype)
+    _xent(
+        np.ascontiguousarray(logits),
+        labels.astype(np.int64),
+        dt(1 / n),
+        dt(1),
+        dt(np.nan),
+        losses,
+        grad,
+    )
+    return losses.mean(dtype=logits.dtype), grad
