@@ -10,8 +10,10 @@ in a few minutes on an H100:
       vs torch.nn.functional with cuDNN;
   (c) one epoch of the seed model (batch 64, MNIST resident on the GPU) for both, and the
       training time until 99% test accuracy;
-  (d) Numba kernel launches per training step (CuPy's own elementwise kernels and cuBLAS
-      GEMMs are not counted).
+  (d) kernel launches per training step: gpucnn's Numba launches, and every kernel on the
+      device for gpucnn and for PyTorch (CUPTI through torch.profiler).
+Before (a), the simulator's kernel tests (tests/backend/sim) run once more on the real GPU
+with CuPy arrays, when pytest is installed.
 Prints a markdown report and writes it to --out/gpu-check.md.
 """
 
@@ -89,6 +91,44 @@ def check_agreement(lines: list[str]) -> bool:
             ok = diff < 1e-3
             ok_all &= ok
             lines.append(f"| {name} {(n, c, h, w)} k{k} s{s} p{p} | {diff:.2e} | {ok} |")
+    dev, host = cupy.asarray, cupy.asnumpy
+    a = g.standard_normal((64, 32, 28, 28)).astype(np.float32)
+    checks = {
+        "relu (64, 32, 28, 28)": abs(host(gpu.relu_fwd(dev(a))) - cpu.relu_fwd(a)).max(),
+        "dropout p=0.5 mask (64, 32, 28, 28)": abs(
+            host(gpu.dropout_fwd(dev(a), 0.5, 12345)) - cpu.dropout_fwd(a, 0.5, 12345)
+        ).max(),
+    }
+    z, labels = g.standard_normal((64, 10)).astype(np.float32), g.integers(0, 10, 64)
+    (lg, gg), (lc, gc) = gpu.softmax_xent_fwd(dev(z), dev(labels)), cpu.softmax_xent_fwd(z, labels)
+    checks["softmax cross-entropy loss (64, 10)"] = abs(float(lg) - float(lc))
+    checks["softmax cross-entropy grad (64, 10)"] = abs(host(gg) - gc).max()
+    ones, zeros = np.ones(32, np.float32), np.zeros(32, np.float32)
+    yg, saved_g = gpu.batchnorm2d_fwd(
+        dev(a), dev(ones), dev(zeros), dev(zeros), dev(ones), True, 0.1, 1e-5
+    )
+    yc, saved_c = cpu.batchnorm2d_fwd(a, ones, zeros, zeros.copy(), ones.copy(), True, 0.1, 1e-5)
+    checks["batchnorm fwd (64, 32, 28, 28)"] = abs(host(yg) - yc).max()
+    dxg = gpu.batchnorm2d_bwd(dev(a), saved_g, dev(ones), True)[0]
+    checks["batchnorm bwd (64, 32, 28, 28)"] = abs(
+        host(dxg) - cpu.batchnorm2d_bwd(a, saved_c, ones, True)[0]
+    ).max()
+    w, grad = (
+        g.standard_normal((3136, 128)).astype(np.float32),
+        g.standard_normal((3136, 128)).astype(np.float32),
+    )
+    state = [np.zeros_like(w) for _ in range(3)]
+    kw = dict(
+        step_size=1e-3, beta1=0.9, beta2=0.999, bias_correction2=1e-3, eps=1e-8, weight_decay=1e-5
+    )
+    wd, sd = dev(w), [dev(t) for t in state]
+    gpu.adam_update(wd, dev(grad), *sd, **kw)
+    cpu.adam_update(w, grad, *state, **kw)
+    checks["adam amsgrad step (3136, 128)"] = abs(host(wd) - w).max()
+    for name, diff in checks.items():
+        ok = float(diff) < 1e-3
+        ok_all &= ok
+        lines.append(f"| {name} | {float(diff):.2e} | {ok} |")
     cpu_model = models.build("seed", seed=0)
     gpu_model = models.build("seed", seed=0).to("cuda")
     x = g.standard_normal((64, 1, 28, 28)).astype(np.float32)
@@ -107,6 +147,38 @@ def check_agreement(lines: list[str]) -> bool:
         ok_all &= d < 1e-3
     lines.append("")
     return ok_all
+
+
+def kernel_tests_on_gpu(lines: list[str]) -> bool:
+    """tests/backend/sim once more, on the real GPU with CuPy arrays (no simulator)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/backend/sim"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except Exception as exc:  # no pytest, a hang: report it, the other parts still run
+        lines += ["## (t) kernel tests on the GPU", "", f"not run: {exc}", ""]
+        return False
+    tail = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
+    lines += [
+        "## (t) kernel tests on the GPU",
+        "",
+        f"`pytest tests/backend/sim` with CuPy arrays, no simulator: {tail}",
+        "",
+    ]
+    if out.returncode != 0:
+        lines += ["```", out.stdout[-3000:], out.stderr[-1000:], "```", ""]
+    return out.returncode == 0
 
 
 def kernel_timings(lines: list[str]) -> None:
@@ -160,12 +232,49 @@ def kernel_timings(lines: list[str]) -> None:
     lines.append("")
 
 
+def count_numba_launches() -> dict[str, int]:
+    """Wrap every gpucnn CUDA kernel so that each launch bumps the returned counter."""
+    from gpucnn.backend import cuda as gpu
+
+    launches = {"n": 0}
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, cfg):
+            launches["n"] += 1
+            return self.kernel[cfg]
+
+    for module in (gpu._k, gpu._warp, gpu._ew, gpu._bn, gpu._optim):
+        for name in dir(module):
+            if name.endswith("_kernel"):
+                setattr(module, name, Counting(getattr(module, name)))
+    return launches
+
+
+def device_kernels_per_call(fn) -> str:
+    """How many CUDA kernels ``fn`` puts on the device, counted by CUPTI (torch.profiler sees
+    every kernel of the process, whichever library launched it)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    except Exception as exc:  # no CUPTI on this machine: say so, do not fail the check
+        return f"n/a ({type(exc).__name__})"
+    return str(sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA"))
+
+
 def epochs(lines: list[str], data_dir: str, max_epochs: int) -> None:
     import cupy
     import torch
 
     from gpucnn import data, models, nn, optim
-    from gpucnn.backend import cuda as gpu
 
     x, y = data.load("mnist", "train", root=data_dir, download=False)
     xt, yt = data.load("mnist", "test", root=data_dir, download=False)
@@ -173,26 +282,7 @@ def epochs(lines: list[str], data_dir: str, max_epochs: int) -> None:
     train = data.DataLoader(x, y, 64, seed=0, mean=mean, std=std, device="cuda")
     test = data.DataLoader(xt, yt, 1000, shuffle=False, mean=mean, std=std, device="cuda")
 
-    launches = {"n": 0}
-    for fname in (
-        "im2col_fwd_kernel",
-        "col2im_bwd_kernel",
-        "maxpool_fwd_kernel",
-        "maxpool_bwd_kernel",
-        "avgpool_fwd_kernel",
-        "avgpool_bwd_kernel",
-    ):
-        kernel = getattr(gpu.window, fname)
-
-        class Counting:
-            def __init__(self, k):
-                self.k = k
-
-            def __getitem__(self, cfg):
-                launches["n"] += 1
-                return self.k[cfg]
-
-        setattr(gpu.window, fname, Counting(kernel))
+    launches = count_numba_launches()
 
     model = models.build("seed", seed=0).to("cuda")
     crit = nn.CrossEntropyLoss()
@@ -256,11 +346,24 @@ def epochs(lines: list[str], data_dir: str, max_epochs: int) -> None:
         if name == "gpucnn":
             launches["n"] = 0
             xb, yb = next(iter(train))
-            model.zero_grad()
-            crit(model(xb), yb)
-            model.backward(crit.backward())
-            opt.step()
+
+            def ours_step():
+                model.zero_grad()
+                crit(model(xb), yb)
+                model.backward(crit.backward())
+                opt.step()
+
+            ours_step()
             per_step = launches["n"]
+            device_kernels = {"gpucnn": device_kernels_per_call(ours_step)}
+    xb, yb = gx[:64], gy[:64]
+
+    def torch_step():
+        topt.zero_grad()
+        tcrit(tm(xb), yb).backward()
+        topt.step()
+
+    device_kernels["PyTorch"] = device_kernels_per_call(torch_step)
     lines += [
         "## (c) seed model on MNIST, batch 64, data resident on the GPU",
         "",
@@ -274,9 +377,12 @@ def epochs(lines: list[str], data_dir: str, max_epochs: int) -> None:
         "",
         f"epoch time gpucnn / PyTorch: **{rows[0][1] / rows[1][1]:.2f}**",
         "",
-        "## (d) launches",
+        "## (d) launches per training step (batch 64, Adam amsgrad)",
         "",
-        f"Numba kernel launches per training step: {per_step}",
+        f"- gpucnn Numba kernel launches: {per_step}",
+        f"- every CUDA kernel on the device (CUPTI, via torch.profiler; CuPy elementwise and "
+        f"reductions and cuBLAS included): gpucnn {device_kernels['gpucnn']}, "
+        f"PyTorch {device_kernels['PyTorch']}",
         "",
     ]
 
@@ -290,7 +396,7 @@ def main() -> None:
     )
     ap.add_argument("--out", default=".", help="folder for gpu-check.md")
     ap.add_argument("--max-epochs", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: t,a,b,c")
     args = ap.parse_args()
     import cupy
     import numba
@@ -309,6 +415,7 @@ def main() -> None:
     skip = set(args.skip.split(","))
     ok = True
     for part, fn in (
+        ("t", lambda: kernel_tests_on_gpu(lines)),
         ("a", lambda: check_agreement(lines)),
         ("b", lambda: kernel_timings(lines)),
         ("c", lambda: epochs(lines, args.data_dir, args.max_epochs)),
