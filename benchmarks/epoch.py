@@ -31,15 +31,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(framework: str, steps: int, warmup: int, batch: int, device: str) -> dict:
+def worker(framework: str, steps: int, warmup: int, batch: int, device: str, threads: int) -> dict:
     import numpy as np
 
     g = np.random.default_rng(0)
     x = g.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     y = g.integers(0, 10, batch)
     base_rss = peak_rss_mb()
-    if framework == "gpucnn":
+    if framework.startswith("gpucnn"):
         from gpucnn import models, nn, optim
+        from gpucnn.train.parallel import DataParallel
 
         model = models.build("seed", seed=0).to(device)
         crit = nn.CrossEntropyLoss()
@@ -48,11 +49,17 @@ def worker(framework: str, steps: int, warmup: int, batch: int, device: str) -> 
             from gpucnn.backend import to_device
 
             x, y = to_device(x, "cuda"), to_device(y, "cuda")
+        # "gpucnn" steps as the Trainer does by default: on batch shards, one per thread
+        shards = threads if framework == "gpucnn" and device == "cpu" else 1
+        dp = DataParallel(model, crit, shards) if shards > 1 else None
 
         def step():
             model.zero_grad()
-            crit(model(x), y)
-            model.backward(crit.backward())
+            if dp is not None:
+                dp.step(x, y)
+            else:
+                crit(model(x), y)
+                model.backward(crit.backward())
             opt.step()
 
         def sync():
@@ -107,7 +114,8 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(worker(args.worker, args.steps, args.warmup, args.batch, args.device)))
+        result = worker(args.worker, args.steps, args.warmup, args.batch, args.device, args.threads)
+        print(json.dumps(result))
         return
 
     env = {
@@ -118,9 +126,10 @@ def main() -> None:
         "NUMBA_NUM_THREADS": str(args.threads),
         "PYTHONPATH": str(ROOT),
     }
-    results: dict[str, list[dict]] = {"gpucnn": [], "torch": []}
+    frameworks = ("gpucnn", "gpucnn-serial", "torch") if args.threads > 1 else ("gpucnn", "torch")
+    results: dict[str, list[dict]] = {fw: [] for fw in frameworks}
     for block in range(args.blocks):
-        for fw in ("gpucnn", "torch"):
+        for fw in frameworks:
             out = subprocess.run(
                 [
                     sys.executable,
@@ -146,7 +155,7 @@ def main() -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results[fw].append(r)
             print(
-                f"block {block + 1}: {fw:7s} {r['images_per_s']:8.0f} img/s  "
+                f"block {block + 1}: {fw:13s} {r['images_per_s']:8.0f} img/s  "
                 f"peak RSS {r['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
@@ -174,6 +183,17 @@ def main() -> None:
             ),
             "",
             f"**gpucnn / PyTorch throughput: {med['gpucnn'] / med['torch']:.2f}x**",
+            *(
+                [
+                    "",
+                    "gpucnn steps on batch shards, one per thread (gpucnn.train.parallel, what "
+                    "the Trainer does on the CPU by default); gpucnn-serial is one step on the "
+                    f"whole batch with multithreaded BLAS: "
+                    f"{med['gpucnn-serial'] / med['torch']:.2f}x PyTorch.",
+                ]
+                if "gpucnn-serial" in med
+                else []
+            ),
         ]
     )
     print("\n" + table)

@@ -18,27 +18,28 @@ def check_p(p: float) -> float:
     return float(p)
 
 
-def dropout_forward(x: Any, p: float, training: bool, key: int) -> tuple[Any, Any]:
-    """Shape: any -> same. The cache is the key (None in eval mode or when p = 0).
+def dropout_forward(x: Any, p: float, training: bool, key: int, start: int = 0) -> tuple[Any, Any]:
+    """Shape: any -> same. The cache is (p, key, start) (None in eval mode or when p = 0).
 
     Args:
         x: input.
         p: probability of zeroing an element.
         training: apply dropout (True) or pass x through (False).
-        key: a 64-bit integer; element i is kept when hash(key, i) clears p (see
+        key: a 64-bit integer; element i is kept when hash(key, start + i) clears p (see
             gpucnn.backend.formulas.dropout_draw), so the same key gives the same mask on every
             device and backward recomputes the mask instead of storing it.
+        start: index of x's first element in the whole batch (a shard of it starts later).
     """
     check_float("Dropout", x)
     p = check_p(p)
     if not training or p == 0.0:
         return x, None
-    return backend_of(x).kernels.dropout_fwd(x, p, key), (p, key)
+    return backend_of(x).kernels.dropout_fwd(x, p, key, start), (p, key, start)
 
 
 def dropout_backward(dy: Any, cache: Any) -> Any:
     """dx = dy * m / (1 - p) with the forward pass's mask m; identity when there was none."""
     if cache is None:
         return dy
-    p, key = cache
-    return backend_of(dy).kernels.dropout_bwd(dy, p, key)
+    p, key, start = cache
+    return backend_of(dy).kernels.dropout_bwd(dy, p, key, start)

@@ -23,6 +23,7 @@ from gpucnn.nn import Module
 from gpucnn.train.callbacks import Callback
 from gpucnn.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from gpucnn.train.errors import NonFiniteLossError, TrainingError
+from gpucnn.train.parallel import DataParallel, default_workers, unsupported
 from gpucnn.train.progress import Progress
 
 log = logging.getLogger("gpucnn.train")
@@ -54,6 +55,10 @@ class Trainer:
         history_path: where the history JSON is written after every epoch, or None.
         config: the run's settings, saved in checkpoints.
         progress: draw a progress bar on a terminal / log epoch lines.
+        workers: CPU threads for a training step, each running forward and backward on its
+            shard of the batch (gpucnn.train.parallel; the gradients are those of the whole
+            batch). None: one per core; 1: serial. Models with BatchNorm run serially, and the
+            GPU ignores it.
     """
 
     def __init__(
@@ -67,8 +72,12 @@ class Trainer:
         history_path: str | os.PathLike | None = None,
         config: dict[str, Any] | None = None,
         progress: bool = True,
+        workers: int | None = None,
     ) -> None:
         self.backend = get_backend(device)
+        if workers is not None and (isinstance(workers, bool) or workers < 1):
+            raise ValueError(f"Trainer: workers must be an integer >= 1 or None, got {workers!r}")
+        self.workers = workers
         self.model = model.to(self.backend.name)
         self.criterion, self.optimizer = criterion, optimizer
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
@@ -84,6 +93,7 @@ class Trainer:
         self.stop_training = False
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
         self.history["step_grad_norm"] = []
+        self._parallel: DataParallel | None = None
 
     # -- messages -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -176,11 +186,16 @@ class Trainer:
         i = -1
         for i, (x, y) in enumerate(loader):
             self.model.zero_grad()
-            logits = self.model(x)
-            losses[i] = self.criterion(logits, y)
-            if (i + 1) % check_every == 0:
+            if self._parallel is not None:  # forward and backward on shards, in threads
+                loss, logits = self._parallel.step(x, y)
+                losses[i] = loss
                 checked = self._check_finite(losses, i + 1, checked, epoch)
-            self.model.backward(self.criterion.backward())
+            else:
+                logits = self.model(x)
+                losses[i] = self.criterion(logits, y)
+                if (i + 1) % check_every == 0:
+                    checked = self._check_finite(losses, i + 1, checked, epoch)
+                self.model.backward(self.criterion.backward())
             norms[i] = self._grad_norm()
             self.optimizer.step()
             correct += (logits.argmax(axis=1) == y).sum()
@@ -242,6 +257,32 @@ class Trainer:
         if val_loader is not None:
             self.check_loader(val_loader, "validation")
         self.stop_training = False
+        self._parallel = self._data_parallel()
+        try:
+            self._fit(train_loader, val_loader, epochs)
+        finally:
+            if self._parallel is not None:
+                self._parallel.close()
+                self._parallel = None
+        return self.history
+
+    def _data_parallel(self) -> DataParallel | None:
+        """The sharded CPU step, when it applies (CPU, more than one worker, a splittable model)."""
+        if self.backend.name != "cpu":
+            return None
+        workers = default_workers() if self.workers is None else self.workers
+        if workers < 2:
+            return None
+        why = unsupported(self.model)
+        if why is not None:
+            self.log(
+                f"training steps run serially: the batch of this model cannot be split ({why})"
+            )
+            return None
+        self.log(f"training steps run on {workers} batch shards in parallel threads")
+        return DataParallel(self.model, self.criterion, workers)
+
+    def _fit(self, train_loader: Any, val_loader: Any, epochs: int) -> None:
         for cb in self.callbacks:
             cb.on_train_begin(self)  # may stop at once: a resumed run that had already stopped
         while self.epoch < epochs and not self.stop_training:
@@ -266,7 +307,6 @@ class Trainer:
             self.write_history()
         for cb in self.callbacks:
             cb.on_train_end(self)
-        return self.history
 
     def _summary(self, logs: dict[str, float], epochs: int) -> str:
         parts = [

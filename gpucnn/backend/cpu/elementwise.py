@@ -18,28 +18,28 @@ _dropout_element = numba.njit(inline="always", error_model="numpy")(formulas.dro
 _xent_row = numba.njit(inline="always", error_model="numpy")(formulas.softmax_xent_row)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _relu_fwd(x, y):  # pragma: no cover - compiled
     zero = x.dtype.type(0)
     for e in range(x.size):
         y[e] = _relu(x[e], zero)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _relu_bwd(dy, y, dx):  # pragma: no cover - compiled
     zero = dy.dtype.type(0)
     for e in range(dy.size):
         dx[e] = _relu_grad(dy[e], y[e], zero)
 
 
-@numba.njit(cache=True, error_model="numpy")
-def _dropout(x, key, threshold, scale, out):  # pragma: no cover - compiled
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _dropout(x, key, start, threshold, scale, out):  # pragma: no cover - compiled
     zero = x.dtype.type(0)
     for e in range(x.size):
-        out[e] = _dropout_element(x[e], _draw(key, e), threshold, scale, zero)
+        out[e] = _dropout_element(x[e], _draw(key, start + e), threshold, scale, zero)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _xent(logits, labels, scale, one, nan, losses, grad):  # pragma: no cover - compiled
     for r in range(logits.shape[0]):
         losses[r] = _xent_row(logits[r], labels[r], scale, one, nan, grad[r])
@@ -63,17 +63,18 @@ def relu_bwd(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     return dx
 
 
-def dropout_fwd(x: np.ndarray, p: float, key: int) -> np.ndarray:
-    """Inverted dropout with the mask drawn under ``key``. Shape: any -> same."""
+def dropout_fwd(x: np.ndarray, p: float, key: int, start: int = 0) -> np.ndarray:
+    """Inverted dropout with the mask drawn under ``key``; x's elements are numbered from
+    ``start``. Shape: any -> same."""
     threshold, scale = formulas.dropout_constants(p)
     out = np.empty(x.shape, x.dtype)
-    _dropout(_flat(x), np.uint64(key), threshold, x.dtype.type(scale), out.reshape(-1))
+    _dropout(_flat(x), np.uint64(key), start, threshold, x.dtype.type(scale), out.reshape(-1))
     return out
 
 
-def dropout_bwd(dy: np.ndarray, p: float, key: int) -> np.ndarray:
+def dropout_bwd(dy: np.ndarray, p: float, key: int, start: int = 0) -> np.ndarray:
     """dx = dy * mask / (1 - p), the forward pass's mask recomputed from ``key``."""
-    return dropout_fwd(dy, p, key)
+    return dropout_fwd(dy, p, key, start)
 
 
 def softmax_xent_fwd(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

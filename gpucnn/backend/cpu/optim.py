@@ -17,7 +17,7 @@ _adam_element = numba.njit(inline="always", error_model="numpy")(formulas.adam_e
 _sgd_element = numba.njit(inline="always", error_model="numpy")(formulas.sgd_element)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adam(
     w, g, m, v, vmax, amsgrad, step_size, b1c, b2, b2c, sqrt_bc2, eps, wd
 ):  # pragma: no cover
@@ -30,7 +30,7 @@ def _adam(
             vmax[e] = vm
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _sgd(w, g, buf, first, lr, momentum, damp_c, wd, nesterov):  # pragma: no cover - compiled
     for e in range(w.size):
         b = buf[e] if momentum != 0 else g[e]  # without momentum, buf is a 1-element stand-in

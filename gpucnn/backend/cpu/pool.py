@@ -21,7 +21,7 @@ import numpy as np
 from gpucnn.backend.cpu.window import _out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _maxpool_fwd(x, k, stride, pad, y, arg):  # pragma: no cover - compiled
     planes, h, w = x.shape
     _, oh, ow = y.shape
@@ -50,7 +50,7 @@ def _maxpool_fwd(x, k, stride, pad, y, arg):  # pragma: no cover - compiled
                 arg[p, oy, ox] = won
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _maxpool2x2_fwd(x, y, arg):  # pragma: no cover - compiled
     planes, _, _ = x.shape
     _, oh, ow = y.shape
@@ -77,7 +77,7 @@ def _maxpool2x2_fwd(x, y, arg):  # pragma: no cover - compiled
                 arg[p, oy, ox] = won
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _maxpool_bwd(dy, arg, k, stride, pad, dx):  # pragma: no cover - compiled
     planes, oh, ow = dy.shape
     for p in range(planes):
@@ -87,7 +87,7 @@ def _maxpool_bwd(dy, arg, k, stride, pad, dx):  # pragma: no cover - compiled
                 dx[p, oy * stride - pad + a // k, ox * stride - pad + a % k] += dy[p, oy, ox]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _avgpool_fwd(x, k, stride, pad, y):  # pragma: no cover - compiled
     planes, h, w = x.shape
     _, oh, ow = y.shape
@@ -107,7 +107,7 @@ def _avgpool_fwd(x, k, stride, pad, y):  # pragma: no cover - compiled
                 y[p, oy, ox] = acc * scale
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _avgpool_bwd(dy, k, stride, pad, dx):  # pragma: no cover - compiled
     planes, h, w = dx.shape
     _, oh, ow = dy.shape

@@ -23,7 +23,7 @@ def _out(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _im2col(x, k, stride, pad, pad_value, cols):  # pragma: no cover - compiled
     n, c, h, w = x.shape
     oh = (h + 2 * pad - k) // stride + 1
@@ -45,7 +45,7 @@ def _im2col(x, k, stride, pad, pad_value, cols):  # pragma: no cover - compiled
                         cols[row, base + y * ow + xo] = pad_value
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _col2im(cols, k, stride, pad, out):  # pragma: no cover - compiled
     n, c, h, w = out.shape
     oh = (h + 2 * pad - k) // stride + 1
@@ -66,7 +66,7 @@ def _col2im(cols, k, stride, pad, out):  # pragma: no cover - compiled
                                 out[ni, ci, hy, wx] += cols[row, base + y * ow + xo]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _im2col_same(x, k, pad, pad_value, cols):  # pragma: no cover - compiled
     n, c, h, w = x.shape
     hw = h * w
@@ -95,7 +95,7 @@ def _im2col_same(x, k, pad, pad_value, cols):  # pragma: no cover - compiled
                 dst_row[d + y0 * w + xo : d + y1 * w : w] = pad_value
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _col2im_same(cols, k, pad, out):  # pragma: no cover - compiled
     n, c, h, w = out.shape
     hw = h * w

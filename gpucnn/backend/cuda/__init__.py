@@ -173,20 +173,27 @@ def relu_bwd(dy: Any, y: Any) -> Any:
     return dx
 
 
-def dropout_fwd(x: Any, p: float, key: int) -> Any:
-    """Inverted dropout, the mask drawn under ``key`` (the CPU twin draws the same mask)."""
+def dropout_fwd(x: Any, p: float, key: int, start: int = 0) -> Any:
+    """Inverted dropout, the mask drawn under ``key`` for elements numbered from ``start`` (the
+    CPU twin draws the same mask)."""
     _check("dropout", x, x.ndim)
     threshold, scale = formulas.dropout_constants(p)
     out = _xp(x).empty(x.shape, dtype=x.dtype)
     _ew.dropout_fwd_kernel[_blocks(x.size), THREADS](
-        _flat(x), np.uint64(key), threshold, x.dtype.type(scale), x.dtype.type(0), _flat(out)
+        _flat(x),
+        np.uint64(key),
+        start,
+        threshold,
+        x.dtype.type(scale),
+        x.dtype.type(0),
+        _flat(out),
     )
     return out
 
 
-def dropout_bwd(dy: Any, p: float, key: int) -> Any:
+def dropout_bwd(dy: Any, p: float, key: int, start: int = 0) -> Any:
     """dx = dy * mask / (1 - p), the mask recomputed from ``key``."""
-    return dropout_fwd(dy, p, key)
+    return dropout_fwd(dy, p, key, start)
 
 
 def softmax_xent_fwd(logits: Any, labels: Any) -> tuple[Any, Any]:

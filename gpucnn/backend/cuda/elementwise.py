@@ -32,11 +32,11 @@ def relu_bwd_kernel(dy, y, zero, dx):  # pragma: no cover - compiled
 
 
 @cuda.jit(cache=True)
-def dropout_fwd_kernel(x, key, threshold, scale, zero, out):  # pragma: no cover - compiled
+def dropout_fwd_kernel(x, key, first, threshold, scale, zero, out):  # pragma: no cover
     # the backward pass launches this same kernel on dy: the mask is recomputed from the key
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, x.size, step):
-        out[e] = _dropout(x[e], _draw(key, e), threshold, scale, zero)
+        out[e] = _dropout(x[e], _draw(key, first + e), threshold, scale, zero)
 
 
 @cuda.jit(cache=True)

@@ -1,0 +1,146 @@
+"""Data parallelism on the CPU: each thread runs forward and backward on its shard of the
+batch with its own replica of the model, and the gradients are combined.
+
+Why: a training step is a chain of GEMMs (which OpenBLAS spreads over the cores) and of
+window, pooling and elementwise kernels (serial Numba loops, memory-bound). Parallelising each
+op separately costs a fork and a join per op, and OpenBLAS's idle threads spin against
+whatever runs between GEMMs. Splitting the batch instead hands each core a whole, independent
+step: BLAS runs single-threaded inside each shard (threadpoolctl), the Numba kernels release
+the GIL, and the only join is the gradient sum (measured in benchmarks/epoch.py).
+
+The math is the serial step's. With shard sizes n_s summing to n, the batch-mean loss is
+L = sum_s (n_s / n) L_s, so its gradient is sum_s (n_s / n) grad L_s. Replicas share the
+parameter arrays (the optimizer updates them in place) and keep their own caches and
+gradients. Dropout draws one key per step from the model's own generator, exactly as a serial
+step does, and shard s masks its elements from their offset in the whole batch: the masks are
+the serial step's, bit for bit (gpucnn.backend.formulas.dropout_draw).
+
+Not every model can be split: BatchNorm normalizes by statistics of the whole batch and a
+shard sees only its part, so a model with buffers (running statistics) runs serially.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from gpucnn.nn import Dropout, Module
+
+MIN_SHARD = 8  # images; smaller shards cost more in per-layer overhead than they save
+
+
+def unsupported(model: Module) -> str | None:
+    """Why ``model`` cannot be trained on batch shards, or None when it can."""
+    for name, _ in model.named_buffers():
+        return f"it keeps batch statistics ({name}), which a shard would compute from its part"
+    return None
+
+
+def default_workers() -> int:
+    """One thread per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _dropouts(model: Module) -> list[Dropout]:
+    return [m for _, m in model.named_modules() if isinstance(m, Dropout)]
+
+
+class DataParallel:
+    """Training steps of a CPU model on ``workers`` shards of each batch, in threads.
+
+    Args:
+        model: the model (on the CPU); its parameters receive the combined gradients.
+        criterion: the loss, e.g. nn.CrossEntropyLoss(); each replica gets its own copy.
+        workers: threads, one shard each (a batch smaller than workers * MIN_SHARD uses fewer).
+
+    Raises:
+        ValueError: when the model cannot be split (see :func:`unsupported`) or workers < 2.
+    """
+
+    def __init__(self, model: Module, criterion: Any, workers: int) -> None:
+        why = unsupported(model)
+        if why is not None:
+            raise ValueError(f"DataParallel: cannot split the batch of this model: {why}")
+        if workers < 2:
+            raise ValueError(f"DataParallel: needs workers >= 2, got {workers}")
+        from threadpoolctl import ThreadpoolController
+
+        self.model, self.criterion, self.workers = model, criterion, workers
+        self.replicas = [copy.deepcopy(model) for _ in range(workers)]
+        self.criteria = [copy.deepcopy(criterion) for _ in range(workers)]
+        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="gpucnn-shard")
+        self._blas = ThreadpoolController()
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> DataParallel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sync(self, shards: int) -> None:
+        """Point the replicas at the model's current parameters and mode."""
+        for replica in self.replicas[:shards]:
+            for p_rep, p in zip(replica.parameters(), self.model.parameters(), strict=True):
+                p_rep.data, p_rep.requires_grad, p_rep.grad = p.data, p.requires_grad, None
+            replica.train(self.model.training)
+
+    def _run(self, s: int, x: Any, y: Any) -> tuple[Any, Any]:
+        replica, criterion = self.replicas[s], self.criteria[s]
+        logits = replica(x)
+        loss = criterion(logits, y)
+        replica.backward(criterion.backward())
+        return loss, logits
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
+        """Forward and backward of one batch: the model's parameters get the gradient of the
+        batch-mean loss (as after a serial zero_grad, forward, backward).
+
+        Returns:
+            (loss, logits) of the whole batch, as a serial step would give them.
+        """
+        n = len(x)
+        shards = min(self.workers, max(1, n // MIN_SHARD))
+        bounds = [n * s // shards for s in range(shards + 1)]
+        self._sync(shards)
+        # the model's generators draw this step's dropout keys, as a serial forward would
+        for layer, *copies in zip(
+            _dropouts(self.model), *(_dropouts(r) for r in self.replicas[:shards]), strict=True
+        ):
+            key = int(layer.rng.integers(2**63)) if layer.training and layer.p > 0 else 0
+            for s, layer_copy in enumerate(copies):
+                layer_copy.shard = (key, bounds[s])
+        rows = [slice(bounds[s], bounds[s + 1]) for s in range(shards)]
+        with self._blas.limit(limits=1, user_api="blas"):
+            futures = [
+                self._pool.submit(self._run, s, x[rows[s]], y[rows[s]]) for s in range(1, shards)
+            ]
+            try:
+                first = self._run(0, x[rows[0]], y[rows[0]])
+            finally:  # never leave a shard running into the next step
+                others = [f.result() for f in futures]
+        results = [first, *others]
+        dtype = np.result_type(first[1])  # the logits' (and so the loss's) float type
+        weights = [dtype.type((bounds[s + 1] - bounds[s]) / n) for s in range(shards)]
+        replica_params = [r.parameters() for r in self.replicas[:shards]]
+        for i, p in enumerate(self.model.parameters()):
+            grads = [params[i].grad for params in replica_params]
+            if grads[0] is None:
+                p.grad = None
+                continue
+            total = grads[0] * weights[0]
+            for g, wt in zip(grads[1:], weights[1:], strict=True):
+                total += g * wt
+            p.grad = total if p.grad is None else p.grad + total
+        loss = sum(dtype.type(r[0]) * wt for r, wt in zip(results, weights, strict=True))
+        return dtype.type(loss), np.concatenate([r[1] for r in results])

@@ -1,0 +1,146 @@
+"""Data-parallel CPU steps: the gradients, loss and logits of the whole batch, dropout masks
+bit for bit, uneven and tiny batches, frozen layers, errors in a shard, and the Trainer."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from gpucnn import nn, optim
+from gpucnn.data import DataLoader
+from gpucnn.train import Trainer
+from gpucnn.train.parallel import MIN_SHARD, DataParallel, unsupported
+
+
+def model_with_dropout(seed=0):
+    g = np.random.default_rng(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, rng=g),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.4, rng=7),
+        nn.Linear(3 * 4 * 4, 8, rng=g),
+        nn.ReLU(),
+        nn.Dropout(0.2, rng=8),
+        nn.Linear(8, 3, rng=g),
+    ).to(dtype=np.float64)
+
+
+def serial_step(model, x, y):
+    crit = nn.CrossEntropyLoss()
+    model.zero_grad()
+    logits = model(x)
+    loss = crit(logits, y)
+    model.backward(crit.backward())
+    return loss, logits
+
+
+@pytest.mark.parametrize("n, workers", [(32, 2), (19, 2), (40, 3), (9, 2)])
+def test_a_sharded_step_is_the_serial_step(n, workers):
+    g = np.random.default_rng(1)
+    x, y = g.standard_normal((n, 1, 8, 8)), g.integers(0, 3, n)
+    serial, sharded = model_with_dropout(), model_with_dropout()
+    loss_ref, logits_ref = serial_step(serial, x, y)
+    with DataParallel(sharded, nn.CrossEntropyLoss(), workers) as dp:
+        sharded.zero_grad()
+        loss, logits = dp.step(x, y)
+    # float64 and the same dropout masks: equal up to the order of the sums
+    np.testing.assert_allclose(logits, logits_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-12)
+    for p_ref, p in zip(serial.parameters(), sharded.parameters(), strict=True):
+        np.testing.assert_allclose(p.grad, p_ref.grad, rtol=1e-10, atol=1e-12)
+    # the generators advanced exactly as in the serial step
+    for d_ref, d in zip(serial, sharded, strict=True):
+        if isinstance(d, nn.Dropout):
+            assert d.rng.integers(2**63) == d_ref.rng.integers(2**63)
+
+
+def test_the_replicas_follow_the_optimizer_and_frozen_layers():
+    g = np.random.default_rng(2)
+    x, y = g.standard_normal((24, 1, 8, 8)), g.integers(0, 3, 24)
+    serial, sharded = model_with_dropout(), model_with_dropout()
+    serial[0].weight.requires_grad = sharded[0].weight.requires_grad = False
+    opts = [optim.Adam(m.parameters(), 1e-2) for m in (serial, sharded)]
+    with DataParallel(sharded, nn.CrossEntropyLoss(), 2) as dp:
+        for _ in range(3):
+            serial_step(serial, x, y)
+            opts[0].step()
+            sharded.zero_grad()
+            dp.step(x, y)
+            opts[1].step()
+    assert sharded[0].weight.grad is None
+    for p_ref, p in zip(serial.parameters(), sharded.parameters(), strict=True):
+        np.testing.assert_allclose(p.data, p_ref.data, rtol=1e-9, atol=1e-12)
+
+
+def test_an_error_in_a_shard_surfaces_and_the_next_step_works():
+    g = np.random.default_rng(3)
+    model = model_with_dropout()
+    x = g.standard_normal((2 * MIN_SHARD, 1, 8, 8))
+    bad = np.zeros(2 * MIN_SHARD, dtype=np.int64)
+    bad[-1] = 5  # only the second shard sees it
+    with DataParallel(model, nn.CrossEntropyLoss(), 2) as dp:
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            dp.step(x, bad)
+        loss, _ = dp.step(x, np.zeros(2 * MIN_SHARD, dtype=np.int64))
+    assert np.isfinite(loss)
+
+
+def test_models_with_batch_statistics_are_not_split(caplog):
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3, rng=0), nn.BatchNorm2d(2))
+    assert "running_mean" in unsupported(bn)
+    with pytest.raises(ValueError, match="batch statistics"):
+        DataParallel(bn, nn.CrossEntropyLoss(), 2)
+    with pytest.raises(ValueError, match="workers >= 2"):
+        DataParallel(model_with_dropout(), nn.CrossEntropyLoss(), 1)
+
+
+def blob_loaders():
+    g = np.random.default_rng(0)
+    y = g.integers(0, 3, 96)
+    x = (g.random((96, 8, 8)) * 60).astype(np.uint8)
+    for c in range(3):
+        x[y == c, :, c * 2 : c * 2 + 3] += 150
+    return DataLoader(x, y, 32, seed=0, std=0.5), DataLoader(x, y, 48, shuffle=False, std=0.5)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_trainer_runs_sharded_steps_like_serial_ones(workers, caplog):
+    histories = {}
+    for w in (1, workers):
+        model = model_with_dropout().to(dtype=np.float32)
+        trainer = Trainer(
+            model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), 1e-2), progress=False,
+            workers=w,
+        )  # fmt: skip
+        with caplog.at_level(logging.INFO, logger="gpucnn.train"):
+            histories[w] = trainer.fit(*blob_loaders(), epochs=2)
+    if workers == 2:
+        assert "2 batch shards" in caplog.text
+    np.testing.assert_allclose(
+        histories[workers]["train_loss"], histories[1]["train_loss"], rtol=1e-4
+    )
+    np.testing.assert_allclose(histories[workers]["val_loss"], histories[1]["val_loss"], rtol=1e-4)
+
+
+def test_trainer_says_why_a_model_runs_serially(caplog):
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, rng=0),
+        nn.BatchNorm2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 3, rng=1),
+    )
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.1),
+                      progress=False, workers=2)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="gpucnn.train"):
+        trainer.fit(blob_loaders()[0], epochs=1)
+    assert "run serially" in caplog.text and "batch statistics" in caplog.text
+
+
+def test_trainer_rejects_bad_workers():
+    model = model_with_dropout()
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.1), workers=0)
