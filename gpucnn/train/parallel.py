@@ -5,8 +5,9 @@ Why: a training step is a chain of GEMMs (which OpenBLAS spreads over the cores)
 window, pooling and elementwise kernels (serial Numba loops, memory-bound). Parallelising each
 op separately costs a fork and a join per op, and OpenBLAS's idle threads spin against
 whatever runs between GEMMs. Splitting the batch instead hands each core a whole, independent
-step: BLAS runs single-threaded inside each shard (threadpoolctl), the Numba kernels release
-the GIL, and the only join is the gradient sum (measured in benchmarks/epoch.py).
+step: BLAS runs single-threaded inside each shard (threadpoolctl; with more cores than shards,
+the spare cores go to BLAS), the Numba kernels release the GIL, and the only join is the
+gradient sum (measured in benchmarks/epoch.py).
 
 The math is the serial step's. With shard sizes n_s summing to n, the batch-mean loss is
 L = sum_s (n_s / n) L_s, so its gradient is sum_s (n_s / n) grad L_s. Replicas share the
@@ -31,6 +32,7 @@ import numpy as np
 from gpucnn.nn import Dropout, Module
 
 MIN_SHARD = 8  # images; smaller shards cost more in per-layer overhead than they save
+MAX_WORKERS = 8
 
 
 def unsupported(model: Module) -> str | None:
@@ -40,12 +42,17 @@ def unsupported(model: Module) -> str | None:
     return None
 
 
-def default_workers() -> int:
-    """One thread per core this process may run on."""
+def cores() -> int:
+    """The cores this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """One shard per core, at most MAX_WORKERS (a batch of 64 makes 8 shards of 8 at most)."""
+    return min(cores(), MAX_WORKERS)
 
 
 def _dropouts(model: Module) -> list[Dropout]:
@@ -77,6 +84,7 @@ class DataParallel:
         self.criteria = [copy.deepcopy(criterion) for _ in range(workers)]
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="gpucnn-shard")
         self._blas = ThreadpoolController()
+        self._blas_threads = max(1, cores() // workers)  # cores left over go to BLAS
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -121,7 +129,7 @@ class DataParallel:
             for s, layer_copy in enumerate(copies):
                 layer_copy.shard = (key, bounds[s])
         rows = [slice(bounds[s], bounds[s + 1]) for s in range(shards)]
-        with self._blas.limit(limits=1, user_api="blas"):
+        with self._blas.limit(limits=self._blas_threads, user_api="blas"):
             futures = [
                 self._pool.submit(self._run, s, x[rows[s]], y[rows[s]]) for s in range(1, shards)
             ]
