@@ -104,3 +104,16 @@ def test_softmax_cross_entropy_kernel_matches_the_formula_and_flags_bad_labels()
     np.testing.assert_allclose(grad, (np.exp(logp) - onehot) / 6, rtol=1e-10, atol=1e-15)
     bad_loss, bad_grad = cpu.softmax_xent_fwd(z, np.array([0, 1, 2, 3, 4, 0]))
     assert np.isnan(bad_loss) and np.isnan(bad_grad[4]).all() and np.isfinite(bad_grad[5]).all()
+
+
+def test_general_max_pool_padding_never_wins_and_the_first_nan_does():
+    x = np.full((1, 1, 4, 4), -np.inf)  # padding (which reads as nothing) must not beat -inf
+    x[0, 0, 2, 3] = np.nan
+    x[0, 0, 3, 2] = np.nan
+    y, arg = pool.maxpool2d_fwd(x, 3, 2, 1)
+    assert y.shape == (1, 1, 2, 2)
+    assert y[0, 0, 0, 0] == -np.inf and arg[0, 0, 0, 0] == 4  # window starts at (-1, -1)
+    # window (1, 1) covers rows 1..3, cols 1..3: the NaN at (2, 3) comes first in row order
+    assert np.isnan(y[0, 0, 1, 1]) and arg[0, 0, 1, 1] == 1 * 3 + 2
+    dx = pool.maxpool2d_bwd(np.ones_like(y), arg, x.shape, 3, 2, 1)
+    assert dx[0, 0, 2, 3] == 1 and dx[0, 0, 3, 2] == 0
