@@ -20,10 +20,12 @@ Prints a markdown report and writes it to --out/gpu-check.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,21 @@ SEED_WINDOW_SHAPES = [  # (N, C, H, W, k, stride, pad): the seed model's convs a
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The shapes part (a) checks at: the seed model's, by default. tests/backend/sim runs the
+    same code at tiny sizes in the CUDA simulator, so the script's glue is tested before it
+    meets a GPU."""
+
+    windows: tuple = tuple(SEED_WINDOW_SHAPES)
+    activations: tuple = (64, 32, 28, 28)  # after the first conv
+    logits: tuple = (64, 10)
+    fc_weight: tuple = (3136, 128)
+    image: tuple = (1, 28, 28)
+    batch: int = 64
+    model: Callable[[], object] | None = None  # default: models.build("seed", seed=0)
+
+
 def synced_median_ms(fn, sync, repeat=30, warmup=5) -> float:
     for _ in range(warmup):
         fn()
@@ -53,7 +70,7 @@ def synced_median_ms(fn, sync, repeat=30, warmup=5) -> float:
     return 1e3 * statistics.median(times)
 
 
-def check_agreement(lines: list[str]) -> bool:
+def check_agreement(lines: list[str], sizes: Sizes = Sizes()) -> bool:  # noqa: B008
     import cupy
 
     from gpucnn import models, nn
@@ -63,7 +80,7 @@ def check_agreement(lines: list[str]) -> bool:
     ok_all = True
     lines += ["## (a) CUDA vs CPU agreement", "", "| check | max abs diff | ok |", "|---|---:|---|"]
     g = np.random.default_rng(0)
-    for n, c, h, w, k, s, p in SEED_WINDOW_SHAPES:
+    for n, c, h, w, k, s, p in sizes.windows:
         x = g.standard_normal((n, c, h, w)).astype(np.float32)
         xd = cupy.asarray(x)
         checks = {}
@@ -92,30 +109,31 @@ def check_agreement(lines: list[str]) -> bool:
             ok_all &= ok
             lines.append(f"| {name} {(n, c, h, w)} k{k} s{s} p{p} | {diff:.2e} | {ok} |")
     dev, host = cupy.asarray, cupy.asnumpy
-    a = g.standard_normal((64, 32, 28, 28)).astype(np.float32)
+    a = g.standard_normal(sizes.activations).astype(np.float32)
     checks = {
-        "relu (64, 32, 28, 28)": abs(host(gpu.relu_fwd(dev(a))) - cpu.relu_fwd(a)).max(),
-        "dropout p=0.5 mask (64, 32, 28, 28)": abs(
+        f"relu {sizes.activations}": abs(host(gpu.relu_fwd(dev(a))) - cpu.relu_fwd(a)).max(),
+        f"dropout p=0.5 mask {sizes.activations}": abs(
             host(gpu.dropout_fwd(dev(a), 0.5, 12345)) - cpu.dropout_fwd(a, 0.5, 12345)
         ).max(),
     }
-    z, labels = g.standard_normal((64, 10)).astype(np.float32), g.integers(0, 10, 64)
+    rows, classes = sizes.logits
+    z, labels = g.standard_normal(sizes.logits).astype(np.float32), g.integers(0, classes, rows)
     (lg, gg), (lc, gc) = gpu.softmax_xent_fwd(dev(z), dev(labels)), cpu.softmax_xent_fwd(z, labels)
-    checks["softmax cross-entropy loss (64, 10)"] = abs(float(lg) - float(lc))
-    checks["softmax cross-entropy grad (64, 10)"] = abs(host(gg) - gc).max()
-    ones, zeros = np.ones(32, np.float32), np.zeros(32, np.float32)
+    checks[f"softmax cross-entropy loss {sizes.logits}"] = abs(float(lg) - float(lc))
+    checks[f"softmax cross-entropy grad {sizes.logits}"] = abs(host(gg) - gc).max()
+    ones, zeros = np.ones(a.shape[1], np.float32), np.zeros(a.shape[1], np.float32)
     yg, saved_g = gpu.batchnorm2d_fwd(
         dev(a), dev(ones), dev(zeros), dev(zeros), dev(ones), True, 0.1, 1e-5
     )
     yc, saved_c = cpu.batchnorm2d_fwd(a, ones, zeros, zeros.copy(), ones.copy(), True, 0.1, 1e-5)
-    checks["batchnorm fwd (64, 32, 28, 28)"] = abs(host(yg) - yc).max()
+    checks[f"batchnorm fwd {sizes.activations}"] = abs(host(yg) - yc).max()
     dxg = gpu.batchnorm2d_bwd(dev(a), saved_g, dev(ones), True)[0]
-    checks["batchnorm bwd (64, 32, 28, 28)"] = abs(
+    checks[f"batchnorm bwd {sizes.activations}"] = abs(
         host(dxg) - cpu.batchnorm2d_bwd(a, saved_c, ones, True)[0]
     ).max()
     w, grad = (
-        g.standard_normal((3136, 128)).astype(np.float32),
-        g.standard_normal((3136, 128)).astype(np.float32),
+        g.standard_normal(sizes.fc_weight).astype(np.float32),
+        g.standard_normal(sizes.fc_weight).astype(np.float32),
     )
     state = [np.zeros_like(w) for _ in range(3)]
     kw = dict(
@@ -124,22 +142,22 @@ def check_agreement(lines: list[str]) -> bool:
     wd, sd = dev(w), [dev(t) for t in state]
     gpu.adam_update(wd, dev(grad), *sd, **kw)
     cpu.adam_update(w, grad, *state, **kw)
-    checks["adam amsgrad step (3136, 128)"] = abs(host(wd) - w).max()
+    checks[f"adam amsgrad step {sizes.fc_weight}"] = abs(host(wd) - w).max()
     for name, diff in checks.items():
         ok = float(diff) < 1e-3
         ok_all &= ok
         lines.append(f"| {name} | {float(diff):.2e} | {ok} |")
-    cpu_model = models.build("seed", seed=0)
-    gpu_model = models.build("seed", seed=0).to("cuda")
-    x = g.standard_normal((64, 1, 28, 28)).astype(np.float32)
-    y = g.integers(0, 10, 64)
+    build = sizes.model or (lambda: models.build("seed", seed=0))
+    cpu_model, gpu_model = build(), build().to("cuda")
+    x = g.standard_normal((sizes.batch, *sizes.image)).astype(np.float32)
+    y = g.integers(0, classes, sizes.batch)
     losses = []
     for model, xx, yy in ((cpu_model, x, y), (gpu_model, cupy.asarray(x), cupy.asarray(y))):
         crit = nn.CrossEntropyLoss()
         losses.append(float(crit(model(xx), yy)))
         model.backward(crit.backward())
     diff = abs(losses[0] - losses[1])
-    lines.append(f"| seed model loss, batch 64 | {diff:.2e} | {diff < 1e-4} |")
+    lines.append(f"| model loss, batch {sizes.batch} | {diff:.2e} | {diff < 1e-4} |")
     ok_all &= diff < 1e-4
     for (name, pc), pg in zip(cpu_model.named_parameters(), gpu_model.parameters(), strict=True):
         d = float(abs(pc.grad - cupy.asnumpy(pg.grad)).max() / (abs(pc.grad).max() + 1e-12))
