@@ -143,8 +143,7 @@ class DataParallel:
         replica_params = [r.parameters() for r in self.replicas[:shards]]
         for i, p in enumerate(self.model.parameters()):
             grads = [params[i].grad for params in replica_params]
-            if grads[0] is None:
-                p.grad = None
+            if grads[0] is None:  # frozen: nothing to add (and nothing to clear)
                 continue
             total = grads[0] * weights[0]
             for g, wt in zip(grads[1:], weights[1:], strict=True):

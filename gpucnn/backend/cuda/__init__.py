@@ -34,12 +34,12 @@ def _blocks(n: int) -> int:
     return max(1, min(MAX_BLOCKS, -(-n // THREADS)))
 
 
-def _check(name: str, a: Any, ndim: int) -> None:
+def _check(name: str, a: Any, ndim: int, contiguous: bool = True) -> None:
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {tuple(a.shape)}")
     if np.dtype(a.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"{name}: expected float32 (or float64), got {a.dtype}")
-    if not a.flags.c_contiguous:
+    if contiguous and not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array")
 
 
@@ -154,12 +154,14 @@ def affine_warp(x: Any, inv: Any, shift: Any) -> Any:
 
 
 def _flat(a: Any) -> Any:
+    """A 1-D view of a contiguous array (of an output we allocated), or a 1-D contiguous copy
+    of a strided input: elementwise kernels take any layout."""
     return a.reshape(a.size)
 
 
 def relu_fwd(x: Any) -> Any:
     """y = max(x, 0), NaN kept. Shape: any -> same."""
-    _check("relu", x, x.ndim)
+    _check("relu", x, x.ndim, contiguous=False)
     y = _xp(x).empty(x.shape, dtype=x.dtype)
     _ew.relu_fwd_kernel[_blocks(x.size), THREADS](_flat(x), x.dtype.type(0), _flat(y))
     return y
@@ -167,7 +169,7 @@ def relu_fwd(x: Any) -> Any:
 
 def relu_bwd(dy: Any, y: Any) -> Any:
     """dx = dy where y > 0, else 0. Shape: any -> same."""
-    _check("relu_bwd", dy, dy.ndim)
+    _check("relu_bwd", dy, dy.ndim, contiguous=False)
     dx = _xp(dy).empty(dy.shape, dtype=dy.dtype)
     _ew.relu_bwd_kernel[_blocks(dy.size), THREADS](_flat(dy), _flat(y), dy.dtype.type(0), _flat(dx))
     return dx
@@ -176,7 +178,7 @@ def relu_bwd(dy: Any, y: Any) -> Any:
 def dropout_fwd(x: Any, p: float, key: int, start: int = 0) -> Any:
     """Inverted dropout, the mask drawn under ``key`` for elements numbered from ``start`` (the
     CPU twin draws the same mask)."""
-    _check("dropout", x, x.ndim)
+    _check("dropout", x, x.ndim, contiguous=False)
     threshold, scale = formulas.dropout_constants(p)
     out = _xp(x).empty(x.shape, dtype=x.dtype)
     _ew.dropout_fwd_kernel[_blocks(x.size), THREADS](

@@ -137,3 +137,11 @@ def test_optimizer_launchers_reject_mismatched_state(dev):
     with pytest.raises(ValueError, match=r"adam_update: every array must be C-contiguous"):
         gpu.adam_update(w, put(np.zeros(5, np.float32)), w, w, None, step_size=1, beta1=0.9,
                         beta2=0.9, bias_correction2=1, eps=1e-8, weight_decay=0)  # fmt: skip
+
+
+def test_elementwise_kernels_take_strided_inputs(dev):
+    put, get = dev
+    x = np.random.default_rng(6).standard_normal((5, 7)).astype(np.float32)
+    xt = put(x).T  # a transposed view: not C-contiguous
+    np.testing.assert_array_equal(get(gpu.relu_fwd(xt)), cpu.relu_fwd(x.T))
+    np.testing.assert_array_equal(get(gpu.dropout_fwd(xt, 0.5, 9)), cpu.dropout_fwd(x.T, 0.5, 9))
