@@ -10,11 +10,11 @@ from numba import cuda
 
 from gpucnn.backend import formulas
 
-_relu = cuda.jit(device=True, inline=True)(formulas.relu_element)
-_relu_grad = cuda.jit(device=True, inline=True)(formulas.relu_grad_element)
-_draw = cuda.jit(device=True, inline=True)(formulas.dropout_draw)
-_dropout = cuda.jit(device=True, inline=True)(formulas.dropout_element)
-_xent_row = cuda.jit(device=True, inline=True)(formulas.softmax_xent_row)
+_relu = cuda.jit(device=True)(formulas.relu_element)
+_relu_grad = cuda.jit(device=True)(formulas.relu_grad_element)
+_draw = cuda.jit(device=True)(formulas.dropout_draw)
+_dropout = cuda.jit(device=True)(formulas.dropout_element)
+_xent_row = cuda.jit(device=True)(formulas.softmax_xent_row)
 
 
 @cuda.jit(cache=True)

@@ -11,8 +11,8 @@ from numba import cuda
 
 from gpucnn.backend import formulas
 
-_adam_element = cuda.jit(device=True, inline=True)(formulas.adam_element)
-_sgd_element = cuda.jit(device=True, inline=True)(formulas.sgd_element)
+_adam_element = cuda.jit(device=True)(formulas.adam_element)
+_sgd_element = cuda.jit(device=True)(formulas.sgd_element)
 
 
 @cuda.jit(cache=True)
