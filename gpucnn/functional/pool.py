@@ -62,34 +62,23 @@ def global_avgpool2d_forward(x: Any) -> tuple[Any, tuple]:
     """y[n, c] = mean over h, w of x[n, c, h, w]. Shape: (N, C, H, W) -> (N, C)."""
     check_rank("GlobalAvgPool2d", x, 4, "(N, C, H, W)")
     check_float("GlobalAvgPool2d", x)
-    return x.mean(axis=(2, 3)), x.shape
+    return backend_of(x).kernels.global_avgpool2d_fwd(x), x.shape
 
 
 def global_avgpool2d_backward(dy: Any, x_shape: tuple) -> Any:
     """Shape: (N, C) -> (N, C, H, W); every position receives dy / (H*W)."""
-    xp = backend_of(dy).xp
-    h, w = x_shape[2:]
-    return xp.ascontiguousarray(xp.broadcast_to((dy / (h * w))[:, :, None, None], x_shape)).astype(
-        dy.dtype, copy=False
-    )
+    return backend_of(dy).kernels.global_avgpool2d_bwd(dy, x_shape)
 
 
 def global_maxpool2d_forward(x: Any) -> tuple[Any, tuple]:
     """y[n, c] = max over h, w of x[n, c, h, w]. Shape: (N, C, H, W) -> (N, C)."""
     check_rank("GlobalMaxPool2d", x, 4, "(N, C, H, W)")
     check_float("GlobalMaxPool2d", x)
-    n, c = x.shape[:2]
-    flat = x.reshape(n, c, -1)
-    arg = flat.argmax(axis=2)
-    xp = backend_of(x).xp
-    return xp.take_along_axis(flat, arg[:, :, None], axis=2)[:, :, 0], (arg, x.shape)
+    y, arg = backend_of(x).kernels.global_maxpool2d_fwd(x)
+    return y, (arg, x.shape)
 
 
 def global_maxpool2d_backward(dy: Any, cache: tuple) -> Any:
     """Shape: (N, C) -> (N, C, H, W); the gradient goes to each plane's maximum."""
     arg, x_shape = cache
-    xp = backend_of(dy).xp
-    n, c = x_shape[:2]
-    dx = xp.zeros((n, c, x_shape[2] * x_shape[3]), dtype=dy.dtype)
-    xp.put_along_axis(dx, arg[:, :, None], dy[:, :, None], axis=2)
-    return dx.reshape(x_shape)
+    return backend_of(dy).kernels.global_maxpool2d_bwd(dy, arg, x_shape)

@@ -52,6 +52,8 @@ def _every_launch() -> None:
     gpu.avgpool2d_fwd(x, 2, 2, 0)
     gpu.avgpool2d_bwd(f32(2, 3, 3, 3), x.shape, 2, 2, 0)
     gpu.affine_warp(x, f32(2, 4), f32(2, 2))
+    _, arg = gpu.global_maxpool2d_fwd(x)
+    gpu.global_maxpool2d_bwd(f32(2, 3), arg, x.shape)
     gpu.relu_fwd(x)
     gpu.relu_bwd(x, x)
     gpu.dropout_fwd(x, 0.5, 123)

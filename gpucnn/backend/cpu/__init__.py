@@ -16,7 +16,16 @@ from gpucnn.backend.cpu.elementwise import (
     softmax_xent_fwd,
 )
 from gpucnn.backend.cpu.optim import adam_update, sgd_update
-from gpucnn.backend.cpu.pool import avgpool2d_bwd, avgpool2d_fwd, maxpool2d_bwd, maxpool2d_fwd
+from gpucnn.backend.cpu.pool import (
+    avgpool2d_bwd,
+    avgpool2d_fwd,
+    global_avgpool2d_bwd,
+    global_avgpool2d_fwd,
+    global_maxpool2d_bwd,
+    global_maxpool2d_fwd,
+    maxpool2d_bwd,
+    maxpool2d_fwd,
+)
 from gpucnn.backend.cpu.warp import affine_warp
 from gpucnn.backend.cpu.window import col2im, im2col
 
@@ -28,6 +37,10 @@ __all__ = [
     "maxpool2d_bwd",
     "avgpool2d_fwd",
     "avgpool2d_bwd",
+    "global_avgpool2d_fwd",
+    "global_avgpool2d_bwd",
+    "global_maxpool2d_fwd",
+    "global_maxpool2d_bwd",
     "relu_fwd",
     "relu_bwd",
     "dropout_fwd",

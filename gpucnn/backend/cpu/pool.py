@@ -177,3 +177,32 @@ def avgpool2d_bwd(dy: np.ndarray, x_shape: tuple, k: int, stride: int, pad: int)
     dx = np.zeros((x_shape[0] * x_shape[1], *x_shape[2:]), dtype=dy.dtype)
     _avgpool_bwd(_planes(dy), k, stride, pad, dx)
     return dx.reshape(x_shape)
+
+
+def global_avgpool2d_fwd(x: np.ndarray) -> np.ndarray:
+    """y[n, c] = mean of x[n, c] over H, W. Shape: (N, C, H, W) -> (N, C)."""
+    return x.mean(axis=(2, 3), dtype=x.dtype)
+
+
+def global_avgpool2d_bwd(dy: np.ndarray, x_shape: tuple) -> np.ndarray:
+    """Every position gets dy / (H*W). Shape: (N, C) -> (N, C, H, W)."""
+    h, w = x_shape[2:]
+    scale = dy.dtype.type(1.0 / (h * w))
+    return np.ascontiguousarray(np.broadcast_to((dy * scale)[:, :, None, None], x_shape))
+
+
+def global_maxpool2d_fwd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """y[n, c] = max of x[n, c] over H, W, and its flat position (the first of ties; a NaN
+    wins). Shape: (N, C, H, W) -> y (N, C), argmax (N, C) int32."""
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    arg = flat.argmax(axis=2).astype(np.int32)  # argmax returns the first NaN, if any
+    return np.take_along_axis(flat, arg[:, :, None].astype(np.intp), axis=2)[:, :, 0], arg
+
+
+def global_maxpool2d_bwd(dy: np.ndarray, arg: np.ndarray, x_shape: tuple) -> np.ndarray:
+    """The gradient goes to each plane's maximum. Shape: (N, C) -> (N, C, H, W)."""
+    n, c = x_shape[:2]
+    dx = np.zeros((n, c, x_shape[2] * x_shape[3]), dtype=dy.dtype)
+    np.put_along_axis(dx, arg[:, :, None].astype(np.intp), dy[:, :, None], axis=2)
+    return dx.reshape(x_shape)

@@ -126,6 +126,57 @@ def avgpool2d_bwd(dy: Any, x_shape: tuple, k: int, stride: int, pad: int) -> Any
     return dx.reshape(x_shape)
 
 
+def _global_fwd(x: Any, is_max: bool) -> tuple[Any, Any]:
+    _check("global_pool", x, 4, contiguous=False)
+    xp = _xp(x)
+    n, c, h, w = x.shape
+    y = xp.empty(n * c, dtype=x.dtype)
+    arg = xp.empty(n * c if is_max else 1, dtype=np.int32)
+    _k.global_pool_fwd_kernel[_blocks(n * c), THREADS](
+        x.reshape(n * c, h * w), is_max, x.dtype.type(1.0 / (h * w)), y, arg
+    )
+    return y.reshape(n, c), arg.reshape(n, c) if is_max else None
+
+
+def _global_bwd(dy: Any, arg: Any, x_shape: tuple) -> Any:
+    _check("global_pool_bwd", dy, 2, contiguous=False)
+    xp = _xp(dy)
+    n, c, h, w = x_shape
+    dx = xp.empty((n * c, h * w), dtype=dy.dtype)
+    is_max = arg is not None
+    _k.global_pool_bwd_kernel[_blocks(dx.size), THREADS](
+        _flat(dy),
+        _flat(arg) if is_max else xp.zeros(1, dtype=np.int32),
+        is_max,
+        dy.dtype.type(1.0 / (h * w)),
+        dy.dtype.type(0),
+        dx,
+    )
+    return dx.reshape(x_shape)
+
+
+def global_avgpool2d_fwd(x: Any) -> Any:
+    """y[n, c] = mean of x[n, c] over H, W (one thread per plane). Shape: (N, C, H, W) -> (N, C)."""
+    return _global_fwd(x, False)[0]
+
+
+def global_avgpool2d_bwd(dy: Any, x_shape: tuple) -> Any:
+    """Every position gets dy / (H*W). Shape: (N, C) -> (N, C, H, W)."""
+    return _global_bwd(dy, None, x_shape)
+
+
+def global_maxpool2d_fwd(x: Any) -> tuple[Any, Any]:
+    """Max over each plane and its flat position (first of ties; a NaN wins).
+
+    Shape: (N, C, H, W) -> y (N, C), argmax (N, C) int32."""
+    return _global_fwd(x, True)
+
+
+def global_maxpool2d_bwd(dy: Any, arg: Any, x_shape: tuple) -> Any:
+    """The gradient goes to each plane's maximum. Shape: (N, C) -> (N, C, H, W)."""
+    return _global_bwd(dy, arg, x_shape)
+
+
 def affine_warp(x: Any, inv: Any, shift: Any) -> Any:
     """Shape: x (N, C, H, W), inv (N, 4), shift (N, 2) float32 -> (N, C, H, W); see the CPU twin."""
     _check("affine_warp", x, 4)
@@ -304,6 +355,10 @@ __all__ = [
     "maxpool2d_bwd",
     "avgpool2d_fwd",
     "avgpool2d_bwd",
+    "global_avgpool2d_fwd",
+    "global_avgpool2d_bwd",
+    "global_maxpool2d_fwd",
+    "global_maxpool2d_bwd",
 ]
 
 

@@ -139,3 +139,44 @@ def avgpool_bwd_kernel(dy, k, stride, pad, zero, scale, dx):  # pragma: no cover
                     continue
                 acc += dy[p, t // stride, u // stride]
         dx[p, hy, wx] = acc * scale
+
+
+@cuda.jit(cache=True)
+def global_pool_fwd_kernel(x, is_max, inv_hw, y, arg):  # pragma: no cover - device code
+    # x: (P, HW) planes; one thread per plane
+    planes, hw = x.shape
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for p in range(start, planes, step):
+        best = x[p, 0]
+        won = 0
+        nan_at = -1
+        acc = best - best
+        for q in range(hw):
+            v = x[p, q]
+            acc += v
+            t = v > best  # strictly: the first of equal maxima wins
+            best = v if t else best
+            won = q if t else won
+            if v != v and nan_at < 0:
+                nan_at = q
+        if is_max:
+            if nan_at >= 0:  # the first NaN wins, as numpy.argmax
+                won = nan_at
+                best = x[p, nan_at]
+            y[p] = best
+            arg[p] = won
+        else:
+            y[p] = acc * inv_hw
+
+
+@cuda.jit(cache=True)
+def global_pool_bwd_kernel(dy, arg, is_max, inv_hw, zero, dx):  # pragma: no cover - device code
+    # dx: (P, HW); one thread per element of dx
+    planes, hw = dx.shape
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, planes * hw, step):
+        p, q = e // hw, e % hw
+        if is_max:
+            dx[p, q] = dy[p] if q == arg[p] else zero
+        else:
+            dx[p, q] = dy[p] * inv_hw

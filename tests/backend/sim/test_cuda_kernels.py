@@ -105,3 +105,31 @@ def test_affine_warp(dev, n, c, h, w, dtype):
     np.testing.assert_allclose(
         get(gpu.affine_warp(put(x), put(ident), put(np.zeros((n, 2), np.float32)))), x, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 1, 1), (3, 2, 16, 17)])
+def test_global_pooling(dev, shape, dtype):
+    put, get = dev
+    g = np.random.default_rng(3)
+    x = g.standard_normal(shape).astype(dtype)
+    x[0, 0].flat[-1] = x[0, 0].max()  # a tie: the first maximum wins
+    if shape[1] > 1:
+        x[0, 1].flat[1] = np.nan  # a NaN wins its plane
+    np.testing.assert_allclose(
+        get(gpu.global_avgpool2d_fwd(put(x))), cpu.global_avgpool2d_fwd(x), **tol(dtype)
+    )
+    y, arg = gpu.global_maxpool2d_fwd(put(x))
+    y_ref, arg_ref = cpu.global_maxpool2d_fwd(x)
+    np.testing.assert_array_equal(get(y), y_ref)
+    np.testing.assert_array_equal(get(arg), arg_ref)
+    dy = g.standard_normal(shape[:2]).astype(dtype)
+    np.testing.assert_allclose(
+        get(gpu.global_avgpool2d_bwd(put(dy), shape)),
+        cpu.global_avgpool2d_bwd(dy, shape),
+        **tol(dtype),
+    )
+    np.testing.assert_array_equal(
+        get(gpu.global_maxpool2d_bwd(put(dy), arg, shape)),
+        cpu.global_maxpool2d_bwd(dy, arg_ref, shape),
+    )
