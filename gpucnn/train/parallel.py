@@ -103,11 +103,12 @@ class DataParallel:
                 p_rep.data, p_rep.requires_grad, p_rep.grad = p.data, p.requires_grad, None
             replica.train(self.model.training)
 
-    def _run(self, s: int, x: Any, y: Any) -> tuple[Any, Any]:
+    def _run(self, s: int, x: Any, y: Any, weight: float) -> tuple[Any, Any]:
         replica, criterion = self.replicas[s], self.criteria[s]
         logits = replica(x)
         loss = criterion(logits, y)
-        replica.backward(criterion.backward())
+        # d(batch loss)/d(shard loss) = n_s / n: the replica's gradients come out weighted
+        replica.backward(criterion.backward(weight))
         return loss, logits
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -129,25 +130,26 @@ class DataParallel:
             for s, layer_copy in enumerate(copies):
                 layer_copy.shard = (key, bounds[s])
         rows = [slice(bounds[s], bounds[s + 1]) for s in range(shards)]
+        weights = [(bounds[s + 1] - bounds[s]) / n for s in range(shards)]
         with self._blas.limit(limits=self._blas_threads, user_api="blas"):
             futures = [
-                self._pool.submit(self._run, s, x[rows[s]], y[rows[s]]) for s in range(1, shards)
+                self._pool.submit(self._run, s, x[rows[s]], y[rows[s]], weights[s])
+                for s in range(1, shards)
             ]
             try:
-                first = self._run(0, x[rows[0]], y[rows[0]])
+                first = self._run(0, x[rows[0]], y[rows[0]], weights[0])
             finally:  # never leave a shard running into the next step
                 others = [f.result() for f in futures]
         results = [first, *others]
-        dtype = np.result_type(first[1])  # the logits' (and so the loss's) float type
-        weights = [dtype.type((bounds[s + 1] - bounds[s]) / n) for s in range(shards)]
         replica_params = [r.parameters() for r in self.replicas[:shards]]
         for i, p in enumerate(self.model.parameters()):
             grads = [params[i].grad for params in replica_params]
             if grads[0] is None:  # frozen: nothing to add (and nothing to clear)
                 continue
-            total = grads[0] * weights[0]
-            for g, wt in zip(grads[1:], weights[1:], strict=True):
-                total += g * wt
+            total = grads[0]  # shard 0's array, taken over: the next _sync drops the replica's
+            for g in grads[1:]:
+                total += g
             p.grad = total if p.grad is None else p.grad + total
-        loss = sum(dtype.type(r[0]) * wt for r, wt in zip(results, weights, strict=True))
+        dtype = np.result_type(first[1])  # the logits' (and so the loss's) float type
+        loss = sum(dtype.type(r[0]) * dtype.type(w) for r, w in zip(results, weights, strict=True))
         return dtype.type(loss), np.concatenate([r[1] for r in results])
