@@ -16,20 +16,24 @@ gradients. Dropout draws one key per step from the model's own generator, exactl
 step does, and shard s masks its elements from their offset in the whole batch: the masks are
 the serial step's, bit for bit (gpucnn.backend.formulas.dropout_draw).
 
-Not every model can be split: BatchNorm normalizes by statistics of the whole batch and a
-shard sees only its part, so a model with buffers (running statistics) runs serially.
+BatchNorm normalizes by statistics of the whole batch, which no shard sees alone: its
+replicas meet at a barrier (one per BatchNorm layer and pass) to exchange per-channel partial
+sums, so every shard normalizes by the batch's mean and variance and the input gradient uses
+the batch's sums (gpucnn.backend.cpu.batchnorm). Shard 0 alone updates the running statistics,
+which the replicas share with the model. Layers with other buffers cannot be split.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from gpucnn.nn import Dropout, Module
+from gpucnn.nn import BatchNorm2d, Dropout, Module
 
 MIN_SHARD = 8  # images; smaller shards cost more in per-layer overhead than they save
 MAX_WORKERS = 8
@@ -37,8 +41,9 @@ MAX_WORKERS = 8
 
 def unsupported(model: Module) -> str | None:
     """Why ``model`` cannot be trained on batch shards, or None when it can."""
-    for name, _ in model.named_buffers():
-        return f"it keeps batch statistics ({name}), which a shard would compute from its part"
+    for name, m in model.named_modules():
+        if m._buffers and not isinstance(m, BatchNorm2d):
+            return f"{name or type(m).__name__} keeps buffers that shards cannot share"
     return None
 
 
@@ -57,6 +62,35 @@ def default_workers() -> int:
 
 def _dropouts(model: Module) -> list[Dropout]:
     return [m for _, m in model.named_modules() if isinstance(m, Dropout)]
+
+
+def _batchnorms(model: Module) -> list[BatchNorm2d]:
+    return [m for _, m in model.named_modules() if isinstance(m, BatchNorm2d)]
+
+
+class _Exchange:
+    """Where the shards' BatchNorm layers swap per-channel partial results, once per layer
+    and pass: each puts its part in a slot, waits at the barrier for the others, and reads
+    all of them in shard order (so every shard combines them identically)."""
+
+    def __init__(self, shards: int) -> None:
+        self.barrier = threading.Barrier(shards)
+        self.slots: dict[tuple, list] = {}
+
+    def start_step(self, shards: int) -> None:
+        self.slots = {}
+        if self.barrier.broken:  # a shard failed last step and broke it
+            self.barrier.reset()
+        self.shards = shards
+
+    def bind(self, layer: int, shard: int):
+        def exchange(phase: str, values: tuple) -> list:
+            slot = self.slots.setdefault((layer, phase), [None] * self.shards)
+            slot[shard] = values
+            self.barrier.wait()
+            return list(slot)
+
+        return exchange
 
 
 class DataParallel:
@@ -83,6 +117,7 @@ class DataParallel:
         self.replicas = [copy.deepcopy(model) for _ in range(workers)]
         self.criteria = [copy.deepcopy(criterion) for _ in range(workers)]
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="gpucnn-shard")
+        self._exchanges: dict[int, _Exchange] = {}  # by shard count (a barrier's party size)
         self._blas = ThreadpoolController()
         self._blas_threads = max(1, cores() // workers)  # cores left over go to BLAS
 
@@ -97,18 +132,32 @@ class DataParallel:
         self.close()
 
     def _sync(self, shards: int) -> None:
-        """Point the replicas at the model's current parameters and mode."""
-        for replica in self.replicas[:shards]:
+        """Point the replicas at the model's current parameters, buffers and mode, and wire
+        their BatchNorm layers to this step's exchange."""
+        exchange = self._exchanges.get(shards)
+        if exchange is None:
+            exchange = self._exchanges[shards] = _Exchange(shards)
+        exchange.start_step(shards)
+        masters = _batchnorms(self.model)
+        for s, replica in enumerate(self.replicas[:shards]):
             for p_rep, p in zip(replica.parameters(), self.model.parameters(), strict=True):
                 p_rep.data, p_rep.requires_grad, p_rep.grad = p.data, p.requires_grad, None
             replica.train(self.model.training)
+            for j, (bn_rep, bn) in enumerate(zip(_batchnorms(replica), masters, strict=True)):
+                bn_rep.running_mean, bn_rep.running_var = bn.running_mean, bn.running_var
+                bn_rep.shard = (exchange.bind(j, s), s == 0) if shards > 1 else None
+        self._exchange = exchange
 
     def _run(self, s: int, x: Any, y: Any, weight: float) -> tuple[Any, Any]:
         replica, criterion = self.replicas[s], self.criteria[s]
-        logits = replica(x)
-        loss = criterion(logits, y)
-        # d(batch loss)/d(shard loss) = n_s / n: the replica's gradients come out weighted
-        replica.backward(criterion.backward(weight))
+        try:
+            logits = replica(x)
+            loss = criterion(logits, y)
+            # d(batch loss)/d(shard loss) = n_s / n: the replica's gradients come out weighted
+            replica.backward(criterion.backward(weight))
+        except BaseException:
+            self._exchange.barrier.abort()  # the other shards must not wait for this one
+            raise
         return loss, logits
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -136,10 +185,19 @@ class DataParallel:
                 self._pool.submit(self._run, s, x[rows[s]], y[rows[s]], weights[s])
                 for s in range(1, shards)
             ]
+            first_error: BaseException | None = None
             try:
                 first = self._run(0, x[rows[0]], y[rows[0]], weights[0])
-            finally:  # never leave a shard running into the next step
-                others = [f.result() for f in futures]
+            except BaseException as exc:  # re-raised below, once every shard has stopped
+                first_error = exc
+            errors = [first_error, *(f.exception() for f in futures)]
+        # a shard's own error, rather than the broken barrier the others saw because of it
+        for err in sorted(
+            (e for e in errors if e is not None),
+            key=lambda e: isinstance(e, threading.BrokenBarrierError),
+        ):
+            raise err
+        others = [f.result() for f in futures]
         results = [first, *others]
         replica_params = [r.parameters() for r in self.replicas[:shards]]
         for i, p in enumerate(self.model.parameters()):

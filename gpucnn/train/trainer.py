@@ -57,8 +57,8 @@ class Trainer:
         progress: draw a progress bar on a terminal / log epoch lines.
         workers: CPU threads for a training step, each running forward and backward on its
             shard of the batch (gpucnn.train.parallel; the gradients are those of the whole
-            batch). None: one per core; 1: serial. Models with BatchNorm run serially, and the
-            GPU ignores it.
+            batch, BatchNorm statistics and dropout masks included). None: one per core, at
+            most 8; 1: serial. The GPU ignores it.
     """
 
     def __init__(
