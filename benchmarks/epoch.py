@@ -40,7 +40,11 @@ def worker(framework: str, steps: int, warmup: int, batch: int, device: str, thr
     base_rss = peak_rss_mb()
     if framework.startswith("gpucnn"):
         from gpucnn import models, nn, optim
+        from gpucnn.backend.cpu.memory import keep_freed_memory
         from gpucnn.train.parallel import DataParallel
+
+        if device == "cpu":
+            keep_freed_memory()  # as the Trainer does on the CPU
 
         model = models.build("seed", seed=0).to(device)
         crit = nn.CrossEntropyLoss()
@@ -110,7 +114,7 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        if args.worker == "torch":
+        if args.worker.startswith("torch"):
             import torch
 
             torch.set_num_threads(args.threads)
@@ -126,7 +130,12 @@ def main() -> None:
         "NUMBA_NUM_THREADS": str(args.threads),
         "PYTHONPATH": str(ROOT),
     }
-    frameworks = ("gpucnn", "gpucnn-serial", "torch") if args.threads > 1 else ("gpucnn", "torch")
+    frameworks = ["gpucnn", "gpucnn-serial", "torch", "torch-malloc"]
+    if args.threads < 2:
+        frameworks.remove("gpucnn-serial")
+    # torch-malloc: PyTorch with the same glibc malloc settings gpucnn makes for itself
+    # (gpucnn.backend.cpu.memory), to show what they are worth to it
+    malloc_env = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
     results: dict[str, list[dict]] = {fw: [] for fw in frameworks}
     for block in range(args.blocks):
         for fw in frameworks:
@@ -147,7 +156,7 @@ def main() -> None:
                     "--device",
                     args.device,
                 ],
-                env=env,
+                env={**env, **malloc_env} if fw == "torch-malloc" else env,
                 capture_output=True,
                 text=True,
                 check=True,
@@ -182,7 +191,10 @@ def main() -> None:
                 for fw in results
             ),
             "",
-            f"**gpucnn / PyTorch throughput: {med['gpucnn'] / med['torch']:.2f}x**",
+            f"**gpucnn / PyTorch throughput: {med['gpucnn'] / med['torch']:.2f}x** "
+            f"({med['gpucnn'] / med['torch-malloc']:.2f}x against torch-malloc, PyTorch run "
+            "with the glibc malloc settings gpucnn makes for itself: "
+            "MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB)",
             *(
                 [
                     "",

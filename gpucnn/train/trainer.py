@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import get_backend, to_host
+from gpucnn.backend.cpu.memory import keep_freed_memory
 from gpucnn.functional.loss import check_labels
 from gpucnn.nn import Module
 from gpucnn.train.callbacks import Callback
@@ -75,6 +76,8 @@ class Trainer:
         workers: int | None = None,
     ) -> None:
         self.backend = get_backend(device)
+        if self.backend.name == "cpu":
+            keep_freed_memory()  # a step's large temporaries reuse freed blocks, not new pages
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise ValueError(f"Trainer: workers must be an integer >= 1 or None, got {workers!r}")
         self.workers = workers
