@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -26,9 +27,9 @@ _M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's upper limit on 64-bit systems
 TRIM_THRESHOLD = 1 << 30
-_done: bool | None = None
 
 
+@functools.cache  # a process-wide setting: made once
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed blocks up to 32 MiB for reuse (once per process).
 
@@ -36,10 +37,6 @@ def keep_freed_memory() -> bool:
         True when the settings are in force; False where they cannot apply (not Linux with
         glibc, or GPUCNN_KEEP_FREED_MEMORY=0).
     """
-    global _done
-    if _done is not None:
-        return _done
-    _done = False
     if os.environ.get("GPUCNN_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith(
         "linux"
     ):
@@ -49,9 +46,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # no libc to load, or a libc without mallopt (musl)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = bool(
+    kept = bool(
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
-    if _done:
+    if kept:
         log.info("glibc malloc keeps freed blocks up to 32 MiB for reuse (page faults per step)")
-    return _done
+    return kept
