@@ -135,18 +135,21 @@ def test_a_failing_shard_does_not_leave_the_others_waiting_at_a_barrier():
     assert np.isfinite(loss)
 
 
+class Counter(nn.Module):
+    """A layer with a buffer that is not BatchNorm's: shards could not share it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("seen", np.zeros(1))
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
 def test_layers_with_other_buffers_are_not_split():
-    class Counter(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("seen", np.zeros(1))
-
-        def forward(self, x):
-            return x
-
-        def backward(self, dy):
-            return dy
-
     model = nn.Sequential(nn.Flatten(), Counter())
     assert "keeps buffers" in unsupported(model)
     with pytest.raises(ValueError, match="keeps buffers"):
@@ -184,17 +187,6 @@ def test_trainer_runs_sharded_steps_like_serial_ones(build, caplog):
 
 
 def test_trainer_says_why_a_model_runs_serially(caplog):
-    class Counter(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("seen", np.zeros(1))
-
-        def forward(self, x):
-            return x
-
-        def backward(self, dy):
-            return dy
-
     model = nn.Sequential(nn.Flatten(), Counter(), nn.Linear(64, 3, rng=1))
     trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), 0.1),
                       progress=False, workers=2)  # fmt: skip
