@@ -264,7 +264,7 @@ def count_numba_launches() -> dict[str, int]:
             launches["n"] += 1
             return self.kernel[cfg]
 
-    for module in (gpu._k, gpu._warp, gpu._ew, gpu._bn, gpu._optim):
+    for module in gpu.KERNEL_MODULES:
         for name in dir(module):
             if name.endswith("_kernel"):
                 setattr(module, name, Counting(getattr(module, name)))

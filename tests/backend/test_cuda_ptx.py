@@ -37,7 +37,7 @@ def _nvvm_missing() -> str | None:
 MISSING = _nvvm_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"cannot compile PTX: {MISSING}")
 
-KERNEL_MODULES = [gpu._k, gpu._warp, gpu._ew, gpu._bn, gpu._optim]
+KERNEL_MODULES = gpu.KERNEL_MODULES
 
 
 def _every_launch() -> None:

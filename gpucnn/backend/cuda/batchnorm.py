@@ -20,6 +20,8 @@ import math
 
 from numba import cuda
 
+from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, flat
+
 
 @cuda.jit(cache=True)
 def batchnorm_stats_fwd_kernel(x, c, hw, m, sums, sumsq):  # pragma: no cover - compiled
@@ -84,3 +86,75 @@ def batchnorm_bwd_kernel(
             dx[e] = g / fm * (fm * dy[e] - dbeta[ch] - xhat * dgamma[ch])
         else:
             dx[e] = g * dy[e]
+
+
+def _channel_grid(c: int, m: int) -> tuple[tuple[int, int], int]:
+    """Blocks (along the elements of a channel, channels) for the per-channel reductions."""
+    return (max(1, min(-(-m // THREADS), max(1, 1024 // c))), c), THREADS
+
+
+def batchnorm2d_fwd(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    """Normalize per channel; in training, update the running statistics in place (3 launches:
+    reduce, finalize, normalize). Shape: (N, C, H, W) -> y and what backward needs."""
+    check("batchnorm2d", x, 4)
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    hw, m = h * w, n * h * w
+    dt = x.dtype.type
+    if training:
+        sums, sumsq = xp.zeros(c, dtype=x.dtype), xp.zeros(c, dtype=x.dtype)
+        grid, threads = _channel_grid(c, m)
+        batchnorm_stats_fwd_kernel[grid, threads](flat(x), c, hw, m, sums, sumsq)
+        mean, invstd = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
+        batchnorm_finalize_fwd_kernel[blocks(c), THREADS](
+            flat(x),
+            hw,
+            sums,
+            sumsq,
+            dt(1),
+            dt(1 / m),
+            dt(eps),
+            dt(momentum),
+            dt(m / (m - 1)),
+            mean,
+            invstd,
+            running_mean,
+            running_var,
+        )
+    else:
+        mean, invstd = running_mean, 1 / xp.sqrt(running_var + dt(eps))
+    y = xp.empty(x.shape, dtype=x.dtype)
+    batchnorm_fwd_kernel[blocks(x.size), THREADS](
+        flat(x), c, hw, mean, invstd, gamma, beta, flat(y)
+    )
+    return y, (x, mean, invstd)
+
+
+def batchnorm2d_bwd(dy, saved, gamma, training):
+    """Shape: dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,); 2 launches."""
+    check("batchnorm2d_bwd", dy, 4)
+    x, mean, invstd = saved
+    xp = array_module(dy)
+    n, c, h, w = dy.shape
+    hw, m = h * w, n * h * w
+    dgamma, dbeta = xp.zeros(c, dtype=dy.dtype), xp.zeros(c, dtype=dy.dtype)
+    grid, threads = _channel_grid(c, m)
+    batchnorm_stats_bwd_kernel[grid, threads](
+        flat(dy), flat(x), c, hw, m, mean, invstd, dgamma, dbeta
+    )
+    dx = xp.empty(dy.shape, dtype=dy.dtype)
+    batchnorm_bwd_kernel[blocks(dy.size), THREADS](
+        flat(dy),
+        flat(x),
+        c,
+        hw,
+        dy.dtype.type(m),
+        mean,
+        invstd,
+        gamma,
+        dgamma,
+        dbeta,
+        training,
+        flat(dx),
+    )
+    return dx, dgamma, dbeta

@@ -7,7 +7,11 @@ float (which Numba, like NumPy, would promote to float64).
 
 from __future__ import annotations
 
+from typing import Any
+
 from numba import cuda
+
+from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check
 
 
 @cuda.jit(cache=True)
@@ -37,3 +41,30 @@ def affine_warp_fwd_kernel(x, inv, shift, xs, ys, cx, cy, zero, one, out):  # pr
                     wx = fx if ox == 1 else one - fx
                     acc += x[ni, ci, yi, xi] * (wy * wx)
         out[ni, ci, py, px] = acc
+
+
+def affine_warp(x: Any, inv: Any, shift: Any) -> Any:
+    """Shape: x (N, C, H, W), inv (N, 4), shift (N, 2) float32 -> (N, C, H, W); see the CPU twin."""
+    check("affine_warp", x, 4)
+    if tuple(inv.shape) != (x.shape[0], 4) or tuple(shift.shape) != (x.shape[0], 2):
+        raise ValueError(
+            f"affine_warp: expected inv ({x.shape[0]}, 4) and shift ({x.shape[0]}, 2), "
+            f"got {tuple(inv.shape)} and {tuple(shift.shape)}"
+        )
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    dt = x.dtype.type
+    out = xp.empty(x.shape, dtype=x.dtype)
+    affine_warp_fwd_kernel[blocks(out.size), THREADS](
+        x,
+        inv.astype(x.dtype),
+        shift.astype(x.dtype),
+        xp.arange(w, dtype=x.dtype),
+        xp.arange(h, dtype=x.dtype),
+        dt((w - 1) / 2),
+        dt((h - 1) / 2),
+        dt(0),
+        dt(1),
+        out,
+    )
+    return out
