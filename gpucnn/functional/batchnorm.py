@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional._checks import check_channels, check_float, check_rank
+from gpucnn.functional.checks import check_channels, check_float, check_rank
 
 
 def batchnorm2d_forward(
@@ -30,40 +30,24 @@ def batchnorm2d_forward(
     training: bool,
     momentum: float = 0.1,
     eps: float = 1e-5,
-    exchange: Any = None,
-    update_running: bool = True,
 ) -> tuple[Any, tuple]:
-    """Shape: (N, C, H, W) -> same. In training, updates the running statistics in place.
-
-    ``exchange`` and ``update_running`` serve a batch split into shards on the CPU (see
-    gpucnn.backend.cpu.batchnorm): the statistics are then those of the whole batch.
-    """
+    """Shape: (N, C, H, W) -> same. In training, updates the running statistics in place."""
     layer = "BatchNorm2d"
     check_rank(layer, x, 4, "(N, C, H, W)")
     check_float(layer, x, like=gamma)
     check_channels(layer, x, gamma.shape[0])
-    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2 and exchange is None:
+    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(
             f"{layer}: training needs more than 1 value per channel to compute a variance, "
             f"got input shape {tuple(x.shape)}"
         )
-    kernels = backend_of(x).kernels
-    if exchange is None:
-        y, saved = kernels.batchnorm2d_fwd(
-            x, gamma, beta, running_mean, running_var, training, momentum, eps
-        )
-    else:
-        y, saved = kernels.batchnorm2d_fwd(
-            x, gamma, beta, running_mean, running_var, training, momentum, eps, exchange,
-            update_running,
-        )  # fmt: skip
-    return y, (saved, gamma, training, exchange)
+    y, saved = backend_of(x).kernels.batchnorm2d_fwd(
+        x, gamma, beta, running_mean, running_var, training, momentum, eps
+    )
+    return y, (saved, gamma, training)
 
 
 def batchnorm2d_backward(dy: Any, cache: tuple) -> tuple[Any, Any, Any]:
     """Shape: dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    saved, gamma, training, exchange = cache
-    kernels = backend_of(dy).kernels
-    if exchange is None:
-        return kernels.batchnorm2d_bwd(dy, saved, gamma, training)
-    return kernels.batchnorm2d_bwd(dy, saved, gamma, training, exchange)
+    saved, gamma, training = cache
+    return backend_of(dy).kernels.batchnorm2d_bwd(dy, saved, gamma, training)

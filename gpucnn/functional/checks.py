@@ -1,4 +1,5 @@
-"""Input validation shared by the functional ops: one clear ValueError per broken rule.
+"""Input validation shared by the functional ops and the layers: one clear ValueError per
+broken rule (public: nn and models check their constructor arguments with it too).
 
 Every message names the layer, the shapes involved and the rule, so a user sees
 "Conv2d: ..." at the call site instead of an IndexError deep inside a kernel.

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional._checks import (
+from gpucnn.functional.checks import (
     check_channels,
     check_float,
     check_positive,

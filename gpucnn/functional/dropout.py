@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional._checks import check_float
+from gpucnn.functional.checks import check_float
 
 
 def check_p(p: float) -> float:

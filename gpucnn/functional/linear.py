@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpucnn.functional._checks import check_channels, check_float, check_rank
+from gpucnn.functional.checks import check_channels, check_float, check_rank
 
 
 def linear_forward(x: Any, w: Any, b: Any = None) -> tuple[Any, tuple]:

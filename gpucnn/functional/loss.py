@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import backend_of, is_device_array
-from gpucnn.functional._checks import check_float, check_rank
+from gpucnn.functional.checks import check_float, check_rank
 
 
 def check_labels(layer: str, labels: Any, n: int, num_classes: int) -> None:

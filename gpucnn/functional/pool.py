@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional._checks import check_float, check_positive, check_rank, window_out_size
+from gpucnn.functional.checks import check_float, check_positive, check_rank, window_out_size
 
 
 def _check_window(layer: str, x: Any, k: int, stride: int | None, pad: int) -> tuple[int, int]:

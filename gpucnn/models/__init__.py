@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gpucnn import nn
-from gpucnn.functional._checks import check_positive
+from gpucnn.functional.checks import check_positive
 from gpucnn.models.lenet import lenet5
 from gpucnn.models.resnet import resnet, resnet18, resnet_small
 from gpucnn.models.seed import seed_cnn, seed_cnn_bn

@@ -60,18 +60,15 @@ class Dropout(Module):
 
         self.p = check_p(p)
         self.rng = init.as_rng(rng)
-        # (key, first row): set by DataParallel for the next forward of a replica that sees
-        # rows first_row.. of the batch, so that it masks them as the whole batch would be
-        self.shard: tuple[int, int] | None = None
+
+    def mask_key(self, x: Any) -> tuple[int, int]:
+        """(key, start) of this step's mask: one key per step from the host generator (the mask
+        itself is drawn on x's device), x's elements numbered from ``start``."""
+        return int(self.rng.integers(2**63)), 0
 
     def forward(self, x: Any) -> Any:
-        # one key per step from the host generator: the mask itself is drawn on x's device
-        key, first_row = 0, 0
-        if self.training and self.p > 0:
-            key, first_row = self.shard or (int(self.rng.integers(2**63)), 0)
-        self.shard = None
-        per_row = x.size // x.shape[0] if x.ndim and x.shape[0] else 0
-        y, self._mask = F.dropout_forward(x, self.p, self.training, key, first_row * per_row)
+        key, start = self.mask_key(x) if self.training and self.p > 0 else (0, 0)
+        y, self._mask = F.dropout_forward(x, self.p, self.training, key, start)
         return y
 
     def backward(self, dy: Any) -> Any:

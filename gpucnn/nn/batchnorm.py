@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn import functional as F
-from gpucnn.functional._checks import check_positive
+from gpucnn.functional.checks import check_positive
 from gpucnn.nn import init
 from gpucnn.nn.module import Module, Shape
 
@@ -40,12 +40,8 @@ class BatchNorm2d(Module):
         self.bias = init.new_param((num_features,))
         self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
         self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
-        # (exchange, update_running): set by DataParallel on the replica of a batch shard, so
-        # that it normalizes by the whole batch's statistics (gpucnn.backend.cpu.batchnorm)
-        self.shard: tuple[Any, bool] | None = None
 
     def forward(self, x: Any) -> Any:
-        exchange, update_running = self.shard if self.training and self.shard else (None, True)
         y, self._cache = F.batchnorm2d_forward(
             x,
             self.weight.data,
@@ -55,8 +51,6 @@ class BatchNorm2d(Module):
             self.training,
             self.momentum,
             self.eps,
-            exchange,
-            update_running,
         )
         return y
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn import functional as F
-from gpucnn.functional._checks import check_positive, window_out_size
+from gpucnn.functional.checks import check_positive, window_out_size
 from gpucnn.nn import init
 from gpucnn.nn.module import Module, Shape
 

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from gpucnn import functional as F
-from gpucnn.functional._checks import check_positive, check_rank
+from gpucnn.functional.checks import check_positive, check_rank
 from gpucnn.nn import init
 from gpucnn.nn.module import Module, Shape
 

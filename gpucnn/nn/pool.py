@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from gpucnn import functional as F
-from gpucnn.functional._checks import check_positive, window_out_size
+from gpucnn.functional.checks import check_positive, window_out_size
 from gpucnn.nn.module import Module, Shape
 
 

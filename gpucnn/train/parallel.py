@@ -16,16 +16,20 @@ gradients. Dropout draws one key per step from the model's own generator, exactl
 step does, and shard s masks its elements from their offset in the whole batch: the masks are
 the serial step's, bit for bit (gpucnn.backend.formulas.dropout_draw).
 
-BatchNorm normalizes by statistics of the whole batch, which no shard sees alone: its
-replicas meet at a barrier (one per BatchNorm layer and pass) to exchange per-channel partial
-sums, so every shard normalizes by the batch's mean and variance and the input gradient uses
-the batch's sums (gpucnn.backend.cpu.batchnorm). Shard 0 alone updates the running statistics,
-which the replicas share with the model. Layers with other buffers cannot be split.
+BatchNorm normalizes by statistics of the whole batch, which no shard sees alone, and dropout
+masks by position in the whole batch: the replicas hold this module's own sharded variants of
+those layers (gpucnn.train.sharded), which exchange per-channel partial sums at a barrier.
+Shard 0 alone updates the running statistics, which the replicas share with the model. Layers
+with other buffers cannot be split.
+
+Which steps run sharded is decided here too (:func:`data_parallel`): CPU arrays, more than one
+worker, a model that can be split.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.nn import BatchNorm2d, Dropout, Module
+from gpucnn.backend import Backend
+from gpucnn.nn import BatchNorm2d, Module
+from gpucnn.train.sharded import Exchange, batchnorms, dropouts, shard_layers
+
+log = logging.getLogger("gpucnn.train")
 
 MIN_SHARD = 8  # images; smaller shards cost more in per-layer overhead than they save
 MAX_WORKERS = 8
@@ -60,37 +68,27 @@ def default_workers() -> int:
     return min(cores(), MAX_WORKERS)
 
 
-def _dropouts(model: Module) -> list[Dropout]:
-    return [m for _, m in model.named_modules() if isinstance(m, Dropout)]
+def data_parallel(
+    model: Module, criterion: Any, backend: Backend, workers: int | None
+) -> DataParallel | None:
+    """The sharded step for a training run, or None where it does not apply: arrays not in
+    host memory (sharding is for CPU threads), one worker, or a model whose batch cannot be
+    split (logged, with the reason).
 
-
-def _batchnorms(model: Module) -> list[BatchNorm2d]:
-    return [m for _, m in model.named_modules() if isinstance(m, BatchNorm2d)]
-
-
-class _Exchange:
-    """Where the shards' BatchNorm layers swap per-channel partial results, once per layer
-    and pass: each puts its part in a slot, waits at the barrier for the others, and reads
-    all of them in shard order (so every shard combines them identically)."""
-
-    def __init__(self, shards: int) -> None:
-        self.barrier = threading.Barrier(shards)
-        self.slots: dict[tuple, list] = {}
-
-    def start_step(self, shards: int) -> None:
-        self.slots = {}
-        if self.barrier.broken:  # a shard failed last step and broke it
-            self.barrier.reset()
-        self.shards = shards
-
-    def bind(self, layer: int, shard: int):
-        def exchange(phase: str, values: tuple) -> list:
-            slot = self.slots.setdefault((layer, phase), [None] * self.shards)
-            slot[shard] = values
-            self.barrier.wait()
-            return list(slot)
-
-        return exchange
+    Args:
+        workers: threads; None means one per core, at most MAX_WORKERS.
+    """
+    if not backend.host_memory:
+        return None
+    workers = default_workers() if workers is None else workers
+    if workers < 2:
+        return None
+    why = unsupported(model)
+    if why is not None:
+        log.info("training steps run serially: the batch of this model cannot be split (%s)", why)
+        return None
+    log.info("training steps run on %d batch shards in parallel threads", workers)
+    return DataParallel(model, criterion, workers)
 
 
 class DataParallel:
@@ -114,10 +112,10 @@ class DataParallel:
         from threadpoolctl import ThreadpoolController
 
         self.model, self.criterion, self.workers = model, criterion, workers
-        self.replicas = [copy.deepcopy(model) for _ in range(workers)]
+        self.replicas = [shard_layers(copy.deepcopy(model)) for _ in range(workers)]
         self.criteria = [copy.deepcopy(criterion) for _ in range(workers)]
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="gpucnn-shard")
-        self._exchanges: dict[int, _Exchange] = {}  # by shard count (a barrier's party size)
+        self._exchanges: dict[int, Exchange] = {}  # by shard count (a barrier's party size)
         self._blas = ThreadpoolController()
         self._blas_threads = max(1, cores() // workers)  # cores left over go to BLAS
 
@@ -131,22 +129,31 @@ class DataParallel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _sync(self, shards: int) -> None:
-        """Point the replicas at the model's current parameters, buffers and mode, and wire
-        their BatchNorm layers to this step's exchange."""
+    def _sync(self, shards: int, bounds: list[int]) -> None:
+        """Point the replicas at the model's current parameters, buffers and mode, wire their
+        BatchNorm layers to this step's exchange and hand their Dropout layers this step's
+        keys (drawn from the model's generators, as a serial forward would draw them)."""
         exchange = self._exchanges.get(shards)
         if exchange is None:
-            exchange = self._exchanges[shards] = _Exchange(shards)
-        exchange.start_step(shards)
-        masters = _batchnorms(self.model)
+            exchange = self._exchanges[shards] = Exchange(shards)
+        exchange.start_step()
+        self._exchange = exchange
+        keys = [
+            int(d.rng.integers(2**63)) if d.training and d.p > 0 else 0
+            for d in dropouts(self.model)
+        ]
+        masters = batchnorms(self.model)
         for s, replica in enumerate(self.replicas[:shards]):
             for p_rep, p in zip(replica.parameters(), self.model.parameters(), strict=True):
                 p_rep.data, p_rep.requires_grad, p_rep.grad = p.data, p.requires_grad, None
             replica.train(self.model.training)
-            for j, (bn_rep, bn) in enumerate(zip(_batchnorms(replica), masters, strict=True)):
+            for j, (bn_rep, bn) in enumerate(zip(batchnorms(replica), masters, strict=True)):
                 bn_rep.running_mean, bn_rep.running_var = bn.running_mean, bn.running_var
-                bn_rep.shard = (exchange.bind(j, s), s == 0) if shards > 1 else None
-        self._exchange = exchange
+                bn_rep.exchange = exchange if shards > 1 else None
+                bn_rep.layer, bn_rep.shard = j, s
+                bn_rep.updates_running = s == 0
+            for d_rep, key in zip(dropouts(replica), keys, strict=True):
+                d_rep.key, d_rep.first_row = key, bounds[s]
 
     def _run(self, s: int, x: Any, y: Any, weight: float) -> tuple[Any, Any]:
         replica, criterion = self.replicas[s], self.criteria[s]
@@ -170,14 +177,7 @@ class DataParallel:
         n = len(x)
         shards = min(self.workers, max(1, n // MIN_SHARD))
         bounds = [n * s // shards for s in range(shards + 1)]
-        self._sync(shards)
-        # the model's generators draw this step's dropout keys, as a serial forward would
-        for layer, *copies in zip(
-            _dropouts(self.model), *(_dropouts(r) for r in self.replicas[:shards]), strict=True
-        ):
-            key = int(layer.rng.integers(2**63)) if layer.training and layer.p > 0 else 0
-            for s, layer_copy in enumerate(copies):
-                layer_copy.shard = (key, bounds[s])
+        self._sync(shards, bounds)
         rows = [slice(bounds[s], bounds[s + 1]) for s in range(shards)]
         weights = [(bounds[s + 1] - bounds[s]) / n for s in range(shards)]
         with self._blas.limit(limits=self._blas_threads, user_api="blas"):
