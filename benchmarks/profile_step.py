@@ -41,7 +41,7 @@ def main() -> None:
     model = models.build("seed", seed=0)
     crit = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
-    order = model._order()
+    order = [m for _, m in model.run_order()]
     times: dict[str, list[float]] = {}
 
     def timed(name, fn, *a):

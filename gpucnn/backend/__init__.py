@@ -1,8 +1,10 @@
 """Backends: where arrays live and which kernels run on them.
 
-This is the only package that imports cupy or numba.cuda. Everything above it asks
-:func:`backend_of` for the backend of the arrays it was handed and calls that backend's
-kernels; the device branch happens once, here, not throughout the math.
+This is the only package that imports cupy or numba.cuda. A run resolves its device once,
+with :func:`get_backend`, and hands the :class:`Backend` object to whatever needs it (the
+Trainer, the DataLoader, ``Module.to``); device-specific set-up is a method of that object.
+The math below asks :func:`backend_of` for the backend of the arrays it was handed and calls
+that backend's kernels; the device branch happens once, here, not throughout the math.
 """
 
 from __future__ import annotations
@@ -28,23 +30,48 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class Backend:
-    """A device's array module and kernels.
+    """A device's array module and kernels, and what a run on it sets up.
 
     Attributes:
         name: "cpu" or "cuda".
         xp: the array module (numpy or cupy).
-        kernels: the module holding this device's kernels (im2col, col2im, ...).
+        kernels: the module holding this device's kernels (im2col, col2im, ...); the CPU and
+            CUDA modules export the same functions with the same signatures.
+        host_memory: arrays live in host memory, so reading a value needs no device sync.
     """
 
     name: str
     xp: ModuleType
     kernels: ModuleType
+    host_memory: bool
+
+    def prepare(self) -> None:
+        """Device-specific set-up for a training run, made once per process."""
+
+    def asarray(self, a: Any) -> Any:
+        """``a`` as an array on this device (no copy when it already lives here)."""
+        return self.xp.asarray(a)
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
 
 
-CPU = Backend("cpu", np, _cpu)
+@dataclass(frozen=True, repr=False)
+class CpuBackend(Backend):
+    """NumPy arrays; kernels in gpucnn.backend.cpu."""
+
+    def prepare(self) -> None:
+        """Keep freed memory for reuse, so a step's large temporaries do not fault their pages
+        in every step (gpucnn.backend.cpu.memory)."""
+        from gpucnn.backend.cpu.memory import keep_freed_memory
+
+        keep_freed_memory()
+
+    def asarray(self, a: Any) -> np.ndarray:
+        return to_host(a)
+
+
+CPU = CpuBackend("cpu", np, _cpu, host_memory=True)
 
 
 @functools.cache
@@ -83,14 +110,15 @@ def _cuda_backend() -> Backend:
 
     from gpucnn.backend import cuda as kernels
 
-    return Backend("cuda", cupy, kernels)
+    return Backend("cuda", cupy, kernels, host_memory=False)
 
 
-def get_backend(device: str = "auto") -> Backend:
-    """Return the backend for a device name.
+def get_backend(device: str | Backend = "auto") -> Backend:
+    """Return the backend for a device name (a Backend is returned as it is).
 
     Args:
-        device: "auto" (CUDA when usable, else CPU; logs which it picked), "cpu" or "cuda".
+        device: "auto" (CUDA when usable, else CPU; logs which it picked), "cpu", "cuda", or
+            a Backend already resolved: a run resolves its device once and passes the object.
 
     Returns:
         The :class:`Backend`.
@@ -99,6 +127,8 @@ def get_backend(device: str = "auto") -> Backend:
         ValueError: for an unknown device name.
         BackendUnavailableError: for "cuda" when it cannot run here; never a silent fallback.
     """
+    if isinstance(device, Backend):
+        return device
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
     if device == "cpu":
@@ -119,6 +149,15 @@ def is_device_array(a: Any) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
+def array_module(a: Any) -> ModuleType:
+    """numpy or cupy: the module of ``a``'s device (without importing CuPy for host arrays)."""
+    if is_device_array(a):
+        import cupy
+
+        return cupy
+    return np
+
+
 def backend_of(*arrays: Any) -> Backend:
     """The backend that owns these arrays (as cupy.get_array_module does).
 
@@ -133,12 +172,10 @@ def backend_of(*arrays: Any) -> Backend:
     return CPU
 
 
-def to_device(a: Any, device: str) -> Any:
-    """Return ``a`` as an array on ``device`` ("cpu" or "cuda"); no copy if already there."""
-    backend = get_backend(device)
-    if backend.name == "cpu":
-        return to_host(a)
-    return backend.xp.asarray(a)  # pragma: no cover - needs a GPU
+def to_device(a: Any, device: str | Backend) -> Any:
+    """Return ``a`` as an array on ``device`` ("cpu", "cuda" or a Backend); no copy if already
+    there."""
+    return get_backend(device).asarray(a)
 
 
 def to_host(a: Any) -> np.ndarray:

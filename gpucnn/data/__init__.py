@@ -21,7 +21,7 @@ from gpucnn.data.augment import (
 )
 from gpucnn.data.errors import ChecksumError, DataError, DatasetFormatError, DownloadError
 from gpucnn.data.fetch import RetryPolicy, default_root, download, verify_local
-from gpucnn.data.loader import DataLoader, train_val_split
+from gpucnn.data.loader import DataLoader, normalize, train_val_split
 from gpucnn.data.registry import DATASETS, DatasetSpec, get_spec
 
 SPLITS = ("train", "test")
@@ -87,6 +87,7 @@ __all__ = [
     "get_spec",
     "idx",
     "load",
+    "normalize",
     "parse_recipe",
     "train_val_split",
     "verify_local",

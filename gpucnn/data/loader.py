@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend import get_backend
+from gpucnn.backend import Backend, get_backend
 
 
 def train_val_split(
@@ -34,6 +34,24 @@ def train_val_split(
     return (images[tr], labels[tr]), (images[va], labels[va])
 
 
+def normalize(images: Any, mean: float, std: float, augment: Any = None, rng: Any = None) -> Any:
+    """What a model takes, from uint8 pixels, on the images' own device.
+
+    x = (pixel / 255 - mean) / std, in float32; ``augment(x, rng)`` (when given) transforms the
+    [0, 1] images before they are normalised.
+
+    Shape: (N, H, W) or (N, C, H, W) uint8 -> (N, C, H, W) float32 (C = 1 for (N, H, W)).
+    """
+    x = images.astype(np.float32) * np.float32(1.0 / 255.0)
+    if x.ndim == 3:
+        x = x[:, None]
+    if augment is not None:
+        x = augment(x, rng)
+    x -= np.float32(mean)
+    x *= np.float32(1.0) / np.float32(std)
+    return x
+
+
 class DataLoader:
     """Iterate over (x, y) batches: x float32 (B, 1, H, W) normalised, y int64 (B,).
 
@@ -48,7 +66,8 @@ class DataLoader:
         augment: a transform ``f(x, rng)`` on [0, 1] images, or None.
         drop_last: drop the last partial batch (else it is yielded, smaller).
         limit: use only the first ``limit`` items (quick runs).
-        device: "cpu", "cuda" or "auto"; the dataset is moved there once.
+        device: "cpu", "cuda", "auto" or a Backend (a run passes the one it resolved); the
+            dataset is moved there once.
     """
 
     def __init__(
@@ -63,7 +82,7 @@ class DataLoader:
         augment: Any = None,
         drop_last: bool = False,
         limit: int | None = None,
-        device: str = "cpu",
+        device: str | Backend = "cpu",
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"DataLoader: {len(images)} images but {len(labels)} labels")
@@ -85,9 +104,8 @@ class DataLoader:
         if images.ndim == 3:
             images = images[:, None]
         self.backend = get_backend(device)
-        xp = self.backend.xp
-        self.images = xp.asarray(images)  # uint8, moved once
-        self.labels = xp.asarray(labels, dtype=np.int64)
+        self.images = self.backend.asarray(images)  # uint8, moved once
+        self.labels = self.backend.asarray(labels).astype(np.int64, copy=False)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.mean, self.std = np.float32(mean), np.float32(std)
         self.augment, self.drop_last = augment, drop_last
@@ -116,9 +134,7 @@ class DataLoader:
             idx = order[start : start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            x = self.images[idx].astype(np.float32) * np.float32(1.0 / 255.0)
-            if self.augment is not None:
-                x = self.augment(x, rng)
-            x -= self.mean
-            x *= np.float32(1.0) / self.std
-            yield x, self.labels[idx]
+            yield (
+                normalize(self.images[idx], self.mean, self.std, self.augment, rng),
+                self.labels[idx],
+            )

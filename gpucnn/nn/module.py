@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend import backend_of, to_device, to_host
+from gpucnn.backend import Backend, backend_of, get_backend, to_host
 
 Shape = tuple[int, ...]
 
@@ -74,12 +74,16 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if "_params" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call Module.__init__() before assigning")
-        self._params.pop(name, None)
-        self._modules.pop(name, None)
+        # replacing a child keeps its place (a Sequential runs its children in that order)
         if isinstance(value, Parameter):
+            self._modules.pop(name, None)
             self._params[name] = value
         elif isinstance(value, Module):
+            self._params.pop(name, None)
             self._modules[name] = value
+        else:
+            self._params.pop(name, None)
+            self._modules.pop(name, None)
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, value: Any) -> None:
@@ -136,15 +140,17 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
-    def to(self, device: str | None = None, dtype: Any = None) -> Module:
-        """Move parameters and buffers to ``device`` ("cpu", "cuda") and/or cast them to ``dtype``.
+    def to(self, device: str | Backend | None = None, dtype: Any = None) -> Module:
+        """Move parameters and buffers to ``device`` ("cpu", "cuda" or a Backend) and/or cast
+        them to ``dtype``.
 
         Gradients are dropped (they belong to the old arrays).
         """
+        backend = get_backend(device) if device is not None else None
 
         def move(a: Any) -> Any:
-            if device is not None:
-                a = to_device(a, device)
+            if backend is not None:
+                a = backend.asarray(a)
             if dtype is not None:
                 a = a.astype(dtype)
             return a
@@ -283,6 +289,11 @@ class Module:
 class Sequential(Module):
     """Layers applied in order; backward runs them in reverse.
 
+    One reorder is made, and shown: a layer that commutes with max pooling (ReLU:
+    relu(max(w)) == max(relu(w)) for every window w, and the gradients agree too) runs after
+    the MaxPool2d that follows it, on a quarter of the elements. ``run_order()``, ``repr`` and
+    ``summary`` list the layers in the order they run, and mark the moved ones.
+
     Shape: whatever the first layer takes -> whatever the last returns.
     """
 
@@ -300,41 +311,66 @@ class Sequential(Module):
         return list(self._modules.values())[i]
 
     def __iter__(self) -> Iterator[Module]:
+        """The layers as given (``run_order`` gives the order they run in)."""
         return self.children()
 
-    def _order(self) -> list[Module]:
-        """The layers in the order they run: as given, except that a layer which commutes with
-        max pooling (ReLU: relu(max(w)) == max(relu(w)) for every window w, and the gradients
-        agree too) runs after the MaxPool2d that follows it, on a quarter of the elements."""
-        order = list(self._modules.values())
+    def run_order(self) -> list[tuple[str, Module]]:
+        """(name, layer) in the order forward runs them: as given, except that a layer which
+        commutes with max pooling runs after the MaxPool2d that directly follows it."""
+        order = list(self._modules.items())
         for i in range(len(order) - 1):
-            if getattr(order[i], "commutes_with_max_pool", False) and getattr(
-                order[i + 1], "is_max_pool", False
+            if getattr(order[i][1], "commutes_with_max_pool", False) and getattr(
+                order[i + 1][1], "is_max_pool", False
             ):
                 order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
+    def _moved(self) -> dict[str, str]:
+        """{name of a moved layer: name of the max pool it now runs after}."""
+        order = self.run_order()
+        given = list(self._modules)
+        return {
+            name: order[i - 1][0]
+            for i, (name, _) in enumerate(order)
+            if i > 0 and given.index(name) < given.index(order[i - 1][0])
+        }
+
     def forward(self, x: Any) -> Any:
-        self._ran = self._order()
+        self._ran = [layer for _, layer in self.run_order()]
         for layer in self._ran:
             x = layer(x)
         return x
 
     def backward(self, dy: Any) -> Any:
-        for layer in reversed(getattr(self, "_ran", None) or self._order()):
+        ran = getattr(self, "_ran", None) or [layer for _, layer in self.run_order()]
+        for layer in reversed(ran):
             dy = layer.backward(dy)
         return dy
 
     def output_shape(self, in_shape: Shape) -> Shape:
-        for layer in self._modules.values():
+        for _, layer in self.run_order():
             in_shape = layer.output_shape(in_shape)
         return in_shape
 
     def summary_rows(self, in_shape: Shape, name: str) -> tuple[list[tuple], Shape]:
         rows: list[tuple] = []
-        for child_name, layer in self._modules.items():
-            r, in_shape = layer.summary_rows(
-                in_shape, f"{name}.{child_name}" if name else child_name
-            )
+        moved = self._moved()
+        for child_name, layer in self.run_order():
+            full = f"{name}.{child_name}" if name else child_name
+            if child_name in moved:
+                full += f" (after {moved[child_name]})"
+            r, in_shape = layer.summary_rows(in_shape, full)
             rows += r
         return rows, in_shape
+
+    def __repr__(self) -> str:
+        if not self._modules:
+            return "Sequential()"
+        moved = self._moved()
+        lines = []
+        for n, m in self.run_order():
+            note = (
+                f"  # runs after ({moved[n]}): it commutes with max pooling" if n in moved else ""
+            )
+            lines.append("  " + f"({n}): {m!r}{note}".replace("\n", "\n  "))
+        return "Sequential(\n" + "\n".join(lines) + "\n)"

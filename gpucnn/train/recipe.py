@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn import data, models, nn, optim
-from gpucnn.backend import get_backend
+from gpucnn.backend import Backend, get_backend
 from gpucnn.train.callbacks import EarlyStopping, ModelCheckpoint, PlateauScheduler
 from gpucnn.train.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from gpucnn.train.trainer import Trainer
@@ -88,10 +88,12 @@ def load_split(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": train, "val": val, "test": (xt, yt)}
 
 
-def make_loaders(config: TrainConfig, split: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def make_loaders(
+    config: TrainConfig, split: dict[str, tuple[np.ndarray, np.ndarray]], backend: Backend
+) -> dict:
+    """DataLoaders for the split, their data moved once to ``backend``'s device."""
     spec = data.get_spec(config.dataset)
-    device = get_backend(config.device).name
-    common = {"mean": spec.mean, "std": spec.std, "device": device}
+    common = {"mean": spec.mean, "std": spec.std, "device": backend}
     loaders = {
         "train": data.DataLoader(
             *split["train"],
@@ -109,7 +111,11 @@ def make_loaders(config: TrainConfig, split: dict[str, tuple[np.ndarray, np.ndar
 
 
 def build_trainer(
-    config: TrainConfig, run_dir: Path, progress: bool = True, extra_callbacks: tuple = ()
+    config: TrainConfig,
+    run_dir: Path,
+    backend: Backend,
+    progress: bool = True,
+    extra_callbacks: tuple = (),
 ) -> Trainer:
     spec = data.get_spec(config.dataset)
     model = models.build(config.model, num_classes=len(spec.classes), seed=config.seed)
@@ -128,7 +134,7 @@ def build_trainer(
         model,
         nn.CrossEntropyLoss(),
         opt,
-        device=config.device,
+        device=backend,
         callbacks=callbacks,
         history_path=run_dir / "history.json",
         config=config.to_dict(),
@@ -157,8 +163,9 @@ def train(
         return json.loads(done.read_text())
     done.unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    loaders = make_loaders(config, load_split(config))
-    trainer = build_trainer(config, run_dir, progress, extra_callbacks)
+    backend = get_backend(config.device)  # resolved once for the whole run
+    loaders = make_loaders(config, load_split(config), backend)
+    trainer = build_trainer(config, run_dir, backend, progress, extra_callbacks)
     last = run_dir / "checkpoints" / "last.npz"
     if resume and last.exists():
         trainer.load_checkpoint(last)
@@ -189,7 +196,8 @@ def train(
 def evaluate(config: TrainConfig, checkpoint: str | os.PathLike, split: str = "test") -> dict:
     """Test metrics of a checkpoint: loss, accuracy, top-3, per-class accuracy, confusion."""
     spec = data.get_spec(config.dataset)
-    loaders = make_loaders(config, load_split(config))
+    backend = get_backend(config.device)
+    loaders = make_loaders(config, load_split(config), backend)
     if split not in loaders:
         raise ValueError(f"no {split!r} data to evaluate on")
     model = models.build(config.model, num_classes=len(spec.classes), seed=config.seed)
@@ -198,7 +206,7 @@ def evaluate(config: TrainConfig, checkpoint: str | os.PathLike, split: str = "t
         model,
         nn.CrossEntropyLoss(),
         optim.SGD(model.parameters(), lr=0.0),
-        device=config.device,
+        device=backend,
         progress=False,
     )
     logits, labels = trainer.predict(loaders[split])

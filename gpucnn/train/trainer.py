@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend import get_backend, to_host
-from gpucnn.backend.cpu.memory import keep_freed_memory
+from gpucnn.backend import Backend, get_backend, to_host
 from gpucnn.functional.loss import check_labels
 from gpucnn.nn import Module
 from gpucnn.train.callbacks import Callback
 from gpucnn.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from gpucnn.train.errors import NonFiniteLossError, TrainingError
-from gpucnn.train.parallel import DataParallel, default_workers, unsupported
+from gpucnn.train.parallel import DataParallel, data_parallel
 from gpucnn.train.progress import Progress
 
 log = logging.getLogger("gpucnn.train")
@@ -50,7 +49,7 @@ class Trainer:
         model: the network (moved to ``device``).
         criterion: e.g. nn.CrossEntropyLoss().
         optimizer: e.g. optim.Adam(model.parameters()).
-        device: "cpu", "cuda" or "auto".
+        device: "cpu", "cuda", "auto", or a Backend a run resolved once and shares.
         callbacks: EarlyStopping, PlateauScheduler, ModelCheckpoint, ...
         log_every: steps between host reads of the running loss (progress, NaN check on GPU).
         history_path: where the history JSON is written after every epoch, or None.
@@ -67,7 +66,7 @@ class Trainer:
         model: Module,
         criterion: Any,
         optimizer: Any,
-        device: str = "cpu",
+        device: str | Backend = "cpu",
         callbacks: list[Callback] | tuple[Callback, ...] = (),
         log_every: int = 50,
         history_path: str | os.PathLike | None = None,
@@ -76,12 +75,11 @@ class Trainer:
         workers: int | None = None,
     ) -> None:
         self.backend = get_backend(device)
-        if self.backend.name == "cpu":
-            keep_freed_memory()  # a step's large temporaries reuse freed blocks, not new pages
+        self.backend.prepare()
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise ValueError(f"Trainer: workers must be an integer >= 1 or None, got {workers!r}")
         self.workers = workers
-        self.model = model.to(self.backend.name)
+        self.model = model.to(self.backend)
         self.criterion, self.optimizer = criterion, optimizer
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         keys = [c.key for c in self.callbacks]
@@ -181,8 +179,8 @@ class Trainer:
         norms = xp.zeros(n_batches, dtype=np.float32)
         sizes = np.zeros(n_batches, dtype=np.int64)
         correct = xp.zeros((), dtype=np.int64)
-        # on the CPU reading the loss costs nothing, so check every step (before the update)
-        check_every = 1 if self.backend.name == "cpu" else self.log_every
+        # in host memory reading the loss costs nothing, so check every step (before the update)
+        check_every = 1 if self.backend.host_memory else self.log_every
         checked = 0
         self.progress.begin(f"epoch {epoch + 1}/{epochs}", n_batches)
         start = time.perf_counter()
@@ -260,7 +258,7 @@ class Trainer:
         if val_loader is not None:
             self.check_loader(val_loader, "validation")
         self.stop_training = False
-        self._parallel = self._data_parallel()
+        self._parallel = data_parallel(self.model, self.criterion, self.backend, self.workers)
         try:
             self._fit(train_loader, val_loader, epochs)
         finally:
@@ -268,22 +266,6 @@ class Trainer:
                 self._parallel.close()
                 self._parallel = None
         return self.history
-
-    def _data_parallel(self) -> DataParallel | None:
-        """The sharded CPU step, when it applies (CPU, more than one worker, a splittable model)."""
-        if self.backend.name != "cpu":
-            return None
-        workers = default_workers() if self.workers is None else self.workers
-        if workers < 2:
-            return None
-        why = unsupported(self.model)
-        if why is not None:
-            self.log(
-                f"training steps run serially: the batch of this model cannot be split ({why})"
-            )
-            return None
-        self.log(f"training steps run on {workers} batch shards in parallel threads")
-        return DataParallel(self.model, self.criterion, workers)
 
     def _fit(self, train_loader: Any, val_loader: Any, epochs: int) -> None:
         for cb in self.callbacks:

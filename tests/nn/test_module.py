@@ -120,7 +120,8 @@ def test_relu_before_max_pool_runs_after_it_with_identical_results(pool_padding)
         nn.MaxPool2d(2, padding=pool_padding),
         nn.Flatten(),
     ).to(dtype=np.float64)
-    assert [type(m).__name__ for m in model._order()] == ["Conv2d", "MaxPool2d", "ReLU", "Flatten"]
+    ran = [type(m).__name__ for _, m in model.run_order()]
+    assert ran == ["Conv2d", "MaxPool2d", "ReLU", "Flatten"]
     x = g.standard_normal((2, 2, 6, 6))
     x[0, :, :2, :2] = -1.0  # a window with no positive value: its gradient is zero both ways
     y = model(x)
@@ -143,5 +144,22 @@ def test_relu_before_max_pool_runs_after_it_with_identical_results(pool_padding)
 
 def test_only_a_relu_directly_before_a_max_pool_moves():
     layers = [nn.Tanh(), nn.MaxPool2d(2), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.MaxPool2d(2)]
-    order = nn.Sequential(*layers)._order()
+    order = [m for _, m in nn.Sequential(*layers).run_order()]
     assert order == layers[:4] + [layers[5], layers[4]]
+
+
+def test_repr_and_summary_list_the_layers_in_the_order_they_run():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+    lines = repr(model).splitlines()[1:-1]
+    assert [line.split(":")[0].strip() for line in lines] == ["(0)", "(2)", "(1)", "(3)"]
+    assert "runs after (2)" in lines[2]
+    rows = model.summary((1, 4, 4), print_fn=None).splitlines()[2:-1]
+    assert [r.split()[0] for r in rows] == ["0", "2", "1", "3"]
+    assert rows[2].split()[1:4] == ["(after", "2)", "ReLU"]
+    assert "(2, 2, 2)" in rows[2]  # the ReLU sees the pooled shape
+
+
+def test_replacing_a_child_keeps_its_place():
+    model = nn.Sequential(nn.ReLU(), nn.Tanh(), nn.Flatten())
+    setattr(model, "1", nn.ReLU())
+    assert [type(m).__name__ for m in model] == ["ReLU", "ReLU", "Flatten"]
