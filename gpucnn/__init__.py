@@ -2,19 +2,29 @@
 
 ``import gpucnn`` needs NumPy alone (plus numba and requests as installed dependencies);
 CuPy and numba.cuda are imported only by gpucnn.backend when a GPU is asked for.
+
+    model = gpucnn.load("runs/<run>/checkpoints/best.npz")   # a Predictor
+    model.predict(images)                                      # class indices
+
+The checkpoint and dataset machinery that ``load`` needs is imported when it is called, and
+onnx only inside gpucnn.export.onnx.
 """
 
-from gpucnn import backend, functional, models, nn, optim
+from gpucnn import backend, export, functional, models, nn, optim
 from gpucnn.backend import get_backend, to_device, to_host
 from gpucnn.functional import softmax
+from gpucnn.inference import Predictor, load
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "Predictor",
     "backend",
+    "export",
     "functional",
     "get_backend",
+    "load",
     "models",
     "nn",
     "optim",
