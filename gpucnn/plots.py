@@ -1,18 +1,64 @@
 """Pictures of a run, as PNG files (matplotlib, from the optional "plots" extra).
 
 Curves of loss / accuracy / learning rate, the confusion matrix, a grid of test images with
-their predictions, and the first conv layer's filters with the feature maps they make of one
-image (the article's "feature map creation", shown on the trained model).
+their predictions (mistakes first), and the first conv layer's filters with the feature maps
+they make of one image (the article's "feature map creation", shown on the trained model).
+:func:`run_plots` draws all of them for an evaluated run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpucnn.backend import to_host
+
+if TYPE_CHECKING:
+    from gpucnn.train.recipe import Evaluation
+
+
+def unavailable() -> str | None:
+    """Why plots cannot be drawn here (matplotlib missing), or None when they can."""
+    try:
+        _pyplot()
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+def run_plots(
+    folder: str | Path, history: dict[str, list] | None, evaluation: Evaluation
+) -> list[Path]:
+    """Every picture of an evaluated run, in ``folder``: curves.png (when there is a
+    history), confusion_matrix.png, predictions.png and feature_maps.png.
+
+    Args:
+        folder: where the PNG files go (made if missing).
+        history: the Trainer's per-epoch history, or None.
+        evaluation: what gpucnn.train.recipe.evaluate_checkpoint returned.
+
+    Returns:
+        The files written.
+    """
+    from gpucnn import data, nn
+
+    folder = Path(folder)
+    ev = evaluation
+    files = []
+    if history and history.get("epoch"):
+        files.append(curves(history, folder / "curves.png", best_epoch=ev.best_epoch))
+    cm = np.array(ev.metrics["confusion_matrix"])
+    files.append(confusion(cm, ev.classes, folder / "confusion_matrix.png"))
+    files.append(
+        predictions(ev.images, ev.labels, ev.predictions, ev.classes, folder / "predictions.png")
+    )
+    first_conv = next((m for _, m in ev.model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None:
+        x = data.normalize(ev.images[:1], ev.mean, ev.std)
+        files.append(filters_and_maps(first_conv, ev.images[0], x, folder / "feature_maps.png"))
+    return files
 
 
 def _pyplot() -> Any:
@@ -33,9 +79,12 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def curves(history: dict[str, list], path: str | Path) -> Path:
-    """Loss, accuracy and learning rate per epoch."""
+def curves(history: dict[str, list], path: str | Path, best_epoch: int | None = None) -> Path:
+    """Loss, accuracy and learning rate per epoch; ``best_epoch`` (the one whose weights the
+    best checkpoint holds) is marked on each panel."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = history["epoch"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for split, style in (("train", "-o"), ("val", "-s")):
@@ -47,7 +96,10 @@ def curves(history: dict[str, list], path: str | Path) -> Path:
     for ax, title in zip(axes, ("loss", "accuracy", "learning rate"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best ({best_epoch})")
     axes[0].legend()
     axes[1].legend()
     return _save(fig, Path(path))
@@ -80,6 +132,13 @@ def confusion(cm: np.ndarray, classes: list[str], path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
+def mistakes_first(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` images to show: every mistake first, then correct ones, each group in
+    dataset order."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    return np.concatenate([np.flatnonzero(preds != labels), np.flatnonzero(preds == labels)])[:n]
+
+
 def predictions(
     images: np.ndarray,
     labels: np.ndarray,
@@ -88,23 +147,31 @@ def predictions(
     path: str | Path,
     n: int = 32,
 ) -> Path:
-    """A grid of images titled "predicted (true)", mistakes in red."""
+    """A grid of ``n`` images titled "predicted (true)": the mistakes first (in red), then
+    correct predictions (in black), each group in dataset order."""
     plt = _pyplot()
-    n = min(n, len(images))
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    shown = mistakes_first(labels, preds, n)
+    wrong = np.flatnonzero(preds != labels)
     cols = 8
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5))
-    for k, ax in enumerate(np.ravel(axes)):
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5 + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
-        if k >= n:
+        if k >= len(shown):
             continue
-        ax.imshow(images[k], cmap="gray")
-        ok = preds[k] == labels[k]
+        i = shown[k]
+        ax.imshow(images[i], cmap="gray")
+        ok = preds[i] == labels[i]
         ax.set_title(
-            f"{classes[preds[k]]} ({classes[labels[k]]})",
+            f"{classes[preds[i]]} ({classes[labels[i]]})",
             fontsize=8,
             color="black" if ok else "red",
         )
+    fig.suptitle(
+        f"predicted (true): {len(wrong)} mistakes of {len(labels)} images, mistakes first in red",
+        fontsize=9,
+    )
     return _save(fig, Path(path))
 
 
@@ -120,18 +187,22 @@ def filters_and_maps(conv: Any, image: np.ndarray, x: np.ndarray, path: str | Pa
     w = to_host(conv.weight.data)[:, 0]  # (F, k, k), first input channel
     maps = to_host(conv(x))[0]  # (F, OH, OW)
     f = min(len(w), 16)
-    fig, axes = plt.subplots(3, f, figsize=(f * 1.1, 3.8))
-    axes = np.atleast_2d(axes)
+    fig, axes = plt.subplots(3, f, figsize=(f * 1.1 + 1.2, 3.8), squeeze=False)
+    wmax = float(abs(w).max()) or 1.0
+    mmax = float(abs(maps[:f]).max()) or 1.0
+    shown = []
     for i in range(f):
-        axes[0, i].imshow(w[i], cmap="bwr", vmin=-abs(w).max(), vmax=abs(w).max())
-        axes[1, i].imshow(maps[i], cmap="viridis")
-        axes[2, i].imshow(np.maximum(maps[i], 0), cmap="viridis")
+        shown.append(axes[0, i].imshow(w[i], cmap="bwr", vmin=-wmax, vmax=wmax))
+        shown.append(axes[1, i].imshow(maps[i], cmap="bwr", vmin=-mmax, vmax=mmax))
+        shown.append(axes[2, i].imshow(np.maximum(maps[i], 0), cmap="viridis", vmin=0, vmax=mmax))
         for r in range(3):
             axes[r, i].axis("off")
     axes[0, 0].set_title("filters", fontsize=8, loc="left")
     axes[1, 0].set_title("feature maps", fontsize=8, loc="left")
     axes[2, 0].set_title("after ReLU", fontsize=8, loc="left")
-    inset = fig.add_axes([0.92, 0.35, 0.08, 0.3])
+    for r in range(3):  # one colour scale per row, shared by its panels
+        fig.colorbar(shown[r], ax=list(axes[r]), fraction=0.02, pad=0.01)
+    inset = fig.add_axes([0.95, 0.35, 0.08, 0.3])
     inset.imshow(image, cmap="gray")
     inset.axis("off")
     inset.set_title("input", fontsize=8)

@@ -3,131 +3,68 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from gpucnn.train.recipe import TrainConfig
+from gpucnn.train.config import TrainConfig, field_types
 
-DEFAULTS = TrainConfig()
+GROUPS = {"run": "run", "where": "where the data comes from"}
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Text from a command line (an option, a sweep grid) as the value of config field
+    ``name``: its field's type, with bools as yes/no words."""
+    kind, _ = field_types()[name]
+    if kind is bool:
+        words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        if text.strip().lower() not in words:
+            raise ValueError(f"{name}: expected true or false, got {text!r}")
+        return words[text.strip().lower()]
+    try:
+        return kind(text.strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected {kind.__name__}, got {text!r}") from None
 
 
 def add_config_options(ap: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, each showing its default."""
-    from gpucnn import data, models
-
-    d = DEFAULTS
-    g = ap.add_argument_group("run")
-    g.add_argument(
-        "--dataset",
-        default=d.dataset,
-        choices=sorted(data.DATASETS),
-        help="dataset (default: %(default)s)",
-    )
-    g.add_argument(
-        "--model",
-        default=d.model,
-        choices=list(models.MODELS),
-        help="network (default: %(default)s)",
-    )
-    g.add_argument(
-        "--epochs",
-        type=int,
-        default=d.epochs,
-        help="maximum epochs; early stopping usually ends sooner (default: %(default)s)",
-    )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    g.add_argument(
-        "--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)"
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=d.weight_decay,
-        help="L2 penalty in Adam (default: %(default)s)",
-    )
-    g.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help="early-stopping patience in epochs (default: %(default)s)",
-    )
-    g.add_argument(
-        "--monitor",
-        default=d.monitor,
-        choices=["val_loss", "val_accuracy"],
-        help="what early stopping and the best checkpoint watch (default: %(default)s)",
-    )
-    g.add_argument(
-        "--lr-patience",
-        type=int,
-        default=d.lr_patience,
-        help="epochs without improvement before halving the lr (default: %(default)s)",
-    )
-    g.add_argument(
-        "--augment",
-        default=d.augment,
-        help="'none', 'default' (rotate 10, shift 0.1) or items like "
-        "'rotate=10,shift=0.1,scale=0.9:1.1,flip' (default: %(default)s)",
-    )
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        default=d.val_fraction,
-        help="held out for validation (default: %(default)s)",
-    )
-    g.add_argument(
-        "--device", default=d.device, choices=["auto", "cpu", "cuda"], help="(default: %(default)s)"
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help="seeds weights, split, shuffling, dropout (default: %(default)s)",
-    )
-    g.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="use only the first N training images, for a quick run (default: all)",
-    )
-    w = ap.add_argument_group("where")
-    w.add_argument(
-        "--data-dir",
-        default=None,
-        help="dataset cache (default: $GPUCNN_DATA_DIR or ~/.cache/gpucnn)",
-    )
-    w.add_argument(
-        "--mirror",
-        action="append",
-        default=None,
-        metavar="URL",
-        help="dataset URL prefix to try first; repeatable "
-        "(default: $GPUCNN_DATA_MIRROR, then the official mirrors)",
-    )
+    """One option per TrainConfig field: its type, default, choices and help come from the
+    field itself (gpucnn.train.config), so the command line and the config cannot drift."""
+    groups = {key: ap.add_argument_group(title) for key, title in GROUPS.items()}
+    types = field_types()
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        flag = "--" + meta.get("flag", f.name).replace("_", "-")
+        kind, is_list = types[f.name]
+        default = f.default
+        shown = "" if default is None else " (default: %(default)s)"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"] + shown}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif is_list:
+            kwargs.update(action="append", type=kind, metavar=meta.get("metavar"))
+        else:
+            kwargs.update(type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"))
+        groups[meta.get("group", "run")].add_argument(flag, **kwargs)
 
 
-def config_from(args: argparse.Namespace) -> dict[str, Any]:
-    return TrainConfig(
-        dataset=args.dataset,
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        monitor=args.monitor,
-        lr_patience=args.lr_patience,
-        augment=args.augment,
-        val_fraction=args.val_fraction,
-        device=args.device,
-        seed=args.seed,
-        limit=args.limit,
-        data_dir=args.data_dir,
-        mirrors=args.mirror,
-    ).to_dict()
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed options describe (validated: a bad value raises here,
+    before anything starts)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in a stable order."""
+    keys = sorted(grid)
+    return [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*(grid[k] for k in keys))
+    ]
 
 
 def prepare_prefect_env() -> None:
@@ -175,21 +112,9 @@ def quiet_expected_tracebacks() -> None:
 
 def run_cli(body: Callable[[], Any]) -> int:
     """Run ``body``; expected failures print one line and exit 1, never a traceback."""
-    from gpucnn.backend import BackendUnavailableError
-    from gpucnn.data import DataError
-    from gpucnn.train.errors import CheckpointError, TrainingError
-
     try:
         body()
-    except (
-        DataError,
-        TrainingError,
-        CheckpointError,
-        BackendUnavailableError,
-        ValueError,
-        KeyError,
-        OSError,
-    ) as exc:
+    except expected_errors() as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {type(exc).__name__}: {reason}", file=sys.stderr)
         details = str(exc).splitlines()[1:]

@@ -17,31 +17,28 @@ from typing import Any
 from gpucnn.flows.cli import (
     add_config_options,
     config_from,
+    expand_grid,
+    parse_value,
     prepare_prefect_env,
     quiet_expected_tracebacks,
     run_cli,
 )
-from gpucnn.train.recipe import TrainConfig
-
-_TYPES = {f: type(v) for f, v in TrainConfig().to_dict().items() if v is not None}
+from gpucnn.train.config import field_types
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """["lr=1e-3,3e-4", "model=seed"] -> {"lr": [0.001, 0.0003], "model": ["seed"]}."""
     grid: dict[str, list[Any]] = {}
+    fields = field_types()
     for item in items:
         key, _, values = item.partition("=")
         key = key.strip().replace("-", "_")
-        if key not in TrainConfig.__dataclass_fields__ or not values:
+        if key not in fields or fields[key][1] or not values:
             raise ValueError(
                 f"--grid {item!r}: expected FIELD=V1,V2 with FIELD one of "
-                f"{', '.join(sorted(TrainConfig.__dataclass_fields__))}"
+                f"{', '.join(sorted(k for k, (_, is_list) in fields.items() if not is_list))}"
             )
-        cast = _TYPES.get(key, int if key == "limit" else str)
-        if cast is bool:
-            grid[key] = [v.strip().lower() in ("1", "true", "yes") for v in values.split(",")]
-        else:
-            grid[key] = [cast(v.strip()) for v in values.split(",")]
+        grid[key] = [parse_value(key, v) for v in values.split(",")]
     return grid
 
 
@@ -70,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         grid = parse_grid(args.grid)
         base = config_from(args)
+        for values in expand_grid(grid):
+            base.replace(**values)  # every trial's config is checked before Prefect starts
         prepare_prefect_env()
         from gpucnn.flows.pipeline import sweep_flow
 

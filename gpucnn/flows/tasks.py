@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -19,10 +18,11 @@ from prefect.artifacts import (
 )
 from prefect.tasks import exponential_backoff
 
-from gpucnn import data, plots
+from gpucnn import data
 from gpucnn.data.fetch import RetryPolicy
 from gpucnn.train import recipe
 from gpucnn.train.callbacks import Callback
+from gpucnn.train.config import TrainConfig
 
 
 def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -53,22 +53,10 @@ def download_dataset(
 
 
 @task(task_run_name="prepare-data")
-def prepare_data(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def prepare_data(config: TrainConfig, run_dir: str) -> dict[str, Any]:
     """The seeded split and the augmentation recipe, recorded in ``run_dir/data.json``."""
-    cfg = recipe.TrainConfig.from_dict(config)
-    split = recipe.load_split(cfg)
-    spec = data.get_spec(cfg.dataset)
-    info = {
-        "dataset": cfg.dataset,
-        "counts": {k: int(len(v[1])) for k, v in split.items()},
-        "train_class_counts": np.bincount(split["train"][1], minlength=len(spec.classes)).tolist(),
-        "val_fraction": cfg.val_fraction,
-        "split_seed": cfg.seed,
-        "augmentation": repr(data.parse_recipe(cfg.augment)),
-        "normalisation": {"mean": spec.mean, "std": spec.std},
-    }
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "data.json").write_text(json.dumps(info, indent=1))
+    info = recipe.split_info(config)
+    recipe.write_json(Path(run_dir) / "data.json", info)
     return info
 
 
@@ -90,15 +78,14 @@ class ProgressArtifact(Callback):
 
 
 @task(task_run_name="train-model")
-def train_model(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def train_model(config: TrainConfig, run_dir: str) -> dict[str, Any]:
     """Train with early stopping; a re-run after a crash resumes from the last checkpoint."""
-    cfg = recipe.TrainConfig.from_dict(config)
     summary = recipe.train(
-        cfg,
+        config,
         run_dir,
         resume=True,
         progress=True,
-        extra_callbacks=(ProgressArtifact(cfg.epochs, Path(run_dir).name),),
+        extra_callbacks=(ProgressArtifact(config.epochs, Path(run_dir).name),),
     )
     get_run_logger().info(
         "trained %d epochs; best val accuracy %.4f (epoch %d)",
@@ -123,53 +110,11 @@ def _epoch_table(history: dict[str, list]) -> str:
     return "\n".join(rows)
 
 
-def write_plots(
-    cfg: recipe.TrainConfig, run_dir: Path, checkpoint: str, metrics: dict
-) -> list[str]:
-    """The run's PNG files; skipped (with a warning) when matplotlib is not installed."""
-    logger = get_run_logger()
-    try:
-        plots._pyplot()
-    except ImportError as exc:
-        logger.warning("no plots: %s", exc)
-        return []
-    from gpucnn import models
-    from gpucnn.train.transfer import load_weights
-
-    out = run_dir / "plots"
-    files = []
-    history_path = run_dir / "history.json"
-    if history_path.exists():
-        files.append(plots.curves(json.loads(history_path.read_text()), out / "curves.png"))
-    files.append(
-        plots.confusion(
-            np.array(metrics["confusion_matrix"]), metrics["classes"], out / "confusion_matrix.png"
-        )
-    )
-    spec = data.get_spec(cfg.dataset)
-    xt, yt = recipe.load_split(cfg)["test"]
-    model = models.build(cfg.model, num_classes=len(spec.classes), seed=cfg.seed)
-    load_weights(model, checkpoint)
-    model.eval()
-    x = ((xt[:32].astype(np.float32) / 255 - spec.mean) / spec.std)[:, None].astype(np.float32)
-    preds = model(x).argmax(axis=1)
-    files.append(
-        plots.predictions(xt[:32], yt[:32], preds, list(spec.classes), out / "predictions.png")
-    )
-    files.append(plots.filters_and_maps(model[0], xt[0], x[:1], out / "feature_maps.png"))
-    return [str(f) for f in files]
-
-
 @task(task_run_name="evaluate-model")
-def evaluate_model(config: dict[str, Any], run_dir: str, checkpoint: str) -> dict[str, Any]:
+def evaluate_model(config: TrainConfig, run_dir: str, checkpoint: str) -> dict[str, Any]:
     """Test metrics, the confusion matrix, plots, and Prefect artifacts for the run."""
-    cfg = recipe.TrainConfig.from_dict(config)
     run = Path(run_dir)
-    metrics = recipe.evaluate(cfg, checkpoint)
-    metrics["checkpoint"] = checkpoint
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    metrics["plots"] = write_plots(cfg, run, checkpoint, metrics)
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    metrics = recipe.evaluate_run(config, run, checkpoint)
     create_table_artifact(
         table=[
             {"class": c, "accuracy": round(a, 4)} for c, a in metrics["per_class_accuracy"].items()

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from gpucnn.backend import get_backend
 from gpucnn.flows.cli import (
     add_config_options,
     config_from,
@@ -53,16 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def body() -> None:
-        config = config_from(args)
+        config = config_from(args)  # every value checked before Prefect starts
+        if config.device == "cuda":
+            get_backend("cuda")  # a missing GPU or CuPy fails here, not inside the flow
         prepare_prefect_env()
         from pathlib import Path
 
         from gpucnn.flows.pipeline import default_run_name, train_flow
 
         quiet_expected_tracebacks()
-        from gpucnn.train.recipe import TrainConfig
-
-        name = args.run_name or default_run_name(TrainConfig.from_dict(config))
+        name = args.run_name or default_run_name(config)
         if not args.resume:
             for stale in ("summary.json", "checkpoints/last.npz"):
                 (Path(args.output_dir) / name / stale).unlink(missing_ok=True)

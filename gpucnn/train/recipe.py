@@ -1,17 +1,16 @@
 """A whole training run from one config: data, model, optimizer, callbacks, evaluation.
 
 The flows' tasks and the benchmarks call these functions; they hold the recipe, the flows
-hold only orchestration. The defaults are the article's recipe: the seed model, Adam
-(lr 1e-3, weight decay 1e-5, amsgrad), batch 64, an 80/20 split, early stopping with
-patience 7 and learning-rate cuts (factor 0.5, patience 3, min 1e-6) on the validation loss.
+hold only orchestration. The config and its defaults (the article's recipe) are
+gpucnn.train.config.TrainConfig.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,57 +19,12 @@ import numpy as np
 from gpucnn import data, models, nn, optim
 from gpucnn.backend import Backend, get_backend
 from gpucnn.train.callbacks import EarlyStopping, ModelCheckpoint, PlateauScheduler
+from gpucnn.train.checkpoint import load_checkpoint
+from gpucnn.train.config import TrainConfig
 from gpucnn.train.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from gpucnn.train.trainer import Trainer
-from gpucnn.train.transfer import load_weights
 
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run (saved in every checkpoint and in the run folder)."""
-
-    dataset: str = "mnist"
-    model: str = "seed"
-    epochs: int = 50
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    amsgrad: bool = True
-    patience: int = 7
-    monitor: str = "val_loss"  # what early stopping and the best checkpoint watch
-    lr_patience: int = 3
-    lr_factor: float = 0.5
-    min_lr: float = 1e-6
-    augment: str = "none"
-    val_fraction: float = 0.2
-    device: str = "auto"
-    seed: int = 0
-    limit: int | None = None
-    data_dir: str | None = None
-    mirrors: list[str] | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        if self.model not in models.MODELS:
-            raise ValueError(
-                f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)}"
-            )
-        data.get_spec(self.dataset)
-        data.parse_recipe(self.augment)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.monitor not in ("val_loss", "val_accuracy"):
-            raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got {self.monitor!r}")
-        if self.limit is not None and self.limit < 2:
-            raise ValueError(f"limit must be >= 2, got {self.limit}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+log = logging.getLogger("gpucnn.train")
 
 
 def load_split(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -162,7 +116,7 @@ def train(
     if resume and done.exists():
         return json.loads(done.read_text())
     done.unlink(missing_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    write_json(run_dir / "config.json", config.to_dict())
     backend = get_backend(config.device)  # resolved once for the whole run
     loaders = make_loaders(config, load_split(config), backend)
     trainer = build_trainer(config, run_dir, backend, progress, extra_callbacks)
@@ -189,19 +143,63 @@ def train(
         "best_checkpoint": str(best if best.exists() else last),
         "train_time_s": float(sum(history["elapsed_s"])),
     }
-    done.write_text(json.dumps(summary, indent=1))
+    write_json(done, summary)
     return summary
 
 
-def evaluate(config: TrainConfig, checkpoint: str | os.PathLike, split: str = "test") -> dict:
+@dataclass
+class Evaluation:
+    """A checkpoint evaluated on one split: its metrics, and what pictures of it need.
+
+    Attributes:
+        metrics: JSON-ready: split, samples, loss, accuracy, top-3 accuracy, per-class
+            accuracy, confusion matrix, classes.
+        model: the evaluated model, in eval mode, on the host.
+        images: the split's uint8 images (N, H, W); labels and predictions (N,).
+        classes, mean, std: the dataset's class names and normalisation.
+        best_epoch: the epoch whose weights the checkpoint holds, when it says.
+    """
+
+    metrics: dict[str, Any]
+    model: nn.Module
+    images: np.ndarray
+    labels: np.ndarray
+    predictions: np.ndarray
+    classes: list[str]
+    mean: float
+    std: float
+    best_epoch: int | None = None
+
+
+def split_info(config: TrainConfig) -> dict[str, Any]:
+    """What the run's data is: counts per split and per class, the split seed, the
+    augmentation and the normalisation (the run folder's data.json)."""
+    split = load_split(config)
+    spec = data.get_spec(config.dataset)
+    return {
+        "dataset": config.dataset,
+        "counts": {k: int(len(v[1])) for k, v in split.items()},
+        "train_class_counts": np.bincount(split["train"][1], minlength=len(spec.classes)).tolist(),
+        "val_fraction": config.val_fraction,
+        "split_seed": config.seed,
+        "augmentation": repr(data.parse_recipe(config.augment)),
+        "normalisation": {"mean": spec.mean, "std": spec.std},
+    }
+
+
+def evaluate_checkpoint(
+    config: TrainConfig, checkpoint: str | os.PathLike, split: str = "test"
+) -> Evaluation:
     """Test metrics of a checkpoint: loss, accuracy, top-3, per-class accuracy, confusion."""
     spec = data.get_spec(config.dataset)
     backend = get_backend(config.device)
-    loaders = make_loaders(config, load_split(config), backend)
+    parts = load_split(config)
+    loaders = make_loaders(config, parts, backend)
     if split not in loaders:
         raise ValueError(f"no {split!r} data to evaluate on")
     model = models.build(config.model, num_classes=len(spec.classes), seed=config.seed)
-    load_weights(model, checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.restore(model)
     trainer = Trainer(
         model,
         nn.CrossEntropyLoss(),
@@ -212,11 +210,12 @@ def evaluate(config: TrainConfig, checkpoint: str | os.PathLike, split: str = "t
     logits, labels = trainer.predict(loaders[split])
     loss = float(nn.CrossEntropyLoss()(logits, labels))
     cm = confusion_matrix(logits, labels, len(spec.classes))
-    return {
+    preds = logits.argmax(axis=1)
+    metrics = {
         "split": split,
         "samples": int(len(labels)),
         "loss": loss,
-        "accuracy": float((logits.argmax(axis=1) == labels).mean()),
+        "accuracy": float((preds == labels).mean()),
         "top3_accuracy": topk_accuracy(logits, labels, 3),
         "per_class_accuracy": {
             c: float(a) for c, a in zip(spec.classes, per_class_accuracy(cm), strict=True)
@@ -224,3 +223,56 @@ def evaluate(config: TrainConfig, checkpoint: str | os.PathLike, split: str = "t
         "confusion_matrix": cm.tolist(),
         "classes": list(spec.classes),
     }
+    return Evaluation(
+        metrics,
+        model.to("cpu").eval(),
+        parts[split][0],
+        labels,
+        preds,
+        list(spec.classes),
+        spec.mean,
+        spec.std,
+        best_epoch=ckpt.epoch or None,
+    )
+
+
+def evaluate(config: TrainConfig, checkpoint: str | os.PathLike, split: str = "test") -> dict:
+    """The metrics of :func:`evaluate_checkpoint` (JSON-ready)."""
+    return evaluate_checkpoint(config, checkpoint, split).metrics
+
+
+def evaluate_run(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    draw: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on the test set and record it in the run folder:
+    ``metrics.json`` (written once, naming the checkpoint and the plot files) and, with
+    ``draw`` and matplotlib installed, ``plots/*.png`` (see gpucnn.plots.run_plots).
+
+    Returns:
+        The metrics, as written.
+    """
+    from gpucnn import plots
+
+    run_dir = Path(run_dir)
+    ev = evaluate_checkpoint(config, checkpoint)
+    files = []
+    why = plots.unavailable() if draw else None
+    if why is not None:
+        log.warning("no plots: %s", why)
+    elif draw:
+        history_path = run_dir / "history.json"
+        history = json.loads(history_path.read_text()) if history_path.exists() else None
+        files = plots.run_plots(run_dir / "plots", history, ev)
+    metrics = {**ev.metrics, "checkpoint": str(checkpoint), "plots": [str(f) for f in files]}
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)

@@ -113,3 +113,62 @@ def test_evaluate_missing_checkpoint_is_one_line(tmp_path):
         out.stderr.strip()
         == f"error: CheckpointError: checkpoint {tmp_path / 'nope.npz'} does not exist"
     )
+
+
+def test_every_config_field_is_an_option_parsed_into_one_config():
+    import dataclasses
+
+    from gpucnn.flows.cli import config_from
+    from gpucnn.flows.train import parser
+    from gpucnn.train.config import TrainConfig
+
+    ap = parser()
+    flags = {a.dest for a in ap._actions}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= flags
+    args = ap.parse_args(
+        [
+            "--no-amsgrad",
+            "--lr-factor",
+            "0.3",
+            "--limit",
+            "100",
+            "--mirror",
+            "http://a/",
+            "--mirror",
+            "http://b/",
+            "--monitor",
+            "val_accuracy",
+        ]  # fmt: skip
+    )
+    config = config_from(args)
+    assert isinstance(config, TrainConfig)
+    assert config == TrainConfig(amsgrad=False, lr_factor=0.3, limit=100,
+                                 mirrors=["http://a/", "http://b/"], monitor="val_accuracy")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+        (["--lr", "0"], "lr must be a finite number > 0, got 0.0"),
+        (["--val-fraction", "1.5"], "val_fraction must be in (0, 1)"),
+        (["--val-fraction", "0"], "val_fraction must be in (0, 1)"),
+        (["--limit", "10000000"], "limit must be between 2 and 60000"),
+        (["--limit", "2"], "val_fraction 0.2 of 2 training images holds out 0"),
+        (["--seed", "-1"], "seed must be >= 0, got -1"),
+        (["--device", "cuda"], "BackendUnavailableError: device 'cuda' is unavailable"),
+    ],
+)
+def test_bad_values_fail_at_once_before_anything_starts(tmp_path, args, message):
+    if args[0] == "--device":
+        from gpucnn.backend import get_backend
+
+        if get_backend("auto").name == "cuda":
+            pytest.skip("this machine has a GPU")
+    t0 = time.perf_counter()
+    out = run("-m", "gpucnn.flows.train", *args, "--output-dir", str(tmp_path / "runs"))
+    assert time.perf_counter() - t0 < 15
+    assert out.returncode == 1, out.stderr
+    assert message in out.stderr
+    assert len([line for line in out.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "runs").exists()
