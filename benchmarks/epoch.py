@@ -40,19 +40,17 @@ def worker(framework: str, steps: int, warmup: int, batch: int, device: str, thr
     base_rss = peak_rss_mb()
     if framework.startswith("gpucnn"):
         from gpucnn import models, nn, optim
-        from gpucnn.backend.cpu.memory import keep_freed_memory
+        from gpucnn.backend import get_backend
         from gpucnn.train.parallel import DataParallel
 
-        if device == "cpu":
-            keep_freed_memory()  # as the Trainer does on the CPU
+        backend = get_backend(device)
+        backend.prepare()  # as the Trainer does (on the CPU: keep freed memory for reuse)
 
-        model = models.build("seed", seed=0).to(device)
+        model = models.build("seed", seed=0).to(backend)
         crit = nn.CrossEntropyLoss()
         opt = optim.Adam(model.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
         if device == "cuda":  # pragma: no cover - needs the CUDA backend
-            from gpucnn.backend import to_device
-
-            x, y = to_device(x, "cuda"), to_device(y, "cuda")
+            x, y = backend.asarray(x), backend.asarray(y)
         # "gpucnn" steps as the Trainer does by default: on batch shards, one per thread
         shards = threads if framework == "gpucnn" and device == "cpu" else 1
         dp = DataParallel(model, crit, shards) if shards > 1 else None

@@ -164,10 +164,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from gpucnn.backend.cpu.memory import keep_freed_memory
+    from gpucnn.backend import CPU
 
     # as the Trainer does; both libraries run in this one process, so both get it
-    keep_freed_memory()
+    CPU.prepare()
     try:
         import torch
 

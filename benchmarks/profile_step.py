@@ -31,9 +31,9 @@ def main() -> None:
 
     from benchmarks.machine import describe
     from gpucnn import models, nn, optim
-    from gpucnn.backend.cpu.memory import keep_freed_memory
+    from gpucnn.backend import CPU
 
-    keep_freed_memory()  # as the Trainer does on the CPU
+    CPU.prepare()  # as the Trainer does on the CPU
     threadpool_limits(args.blas_threads, user_api="blas")
     g = np.random.default_rng(0)
     x = g.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
