@@ -36,8 +36,14 @@ def test_run_plots_draws_every_picture(tmp_path):
         std=0.3081,
         best_epoch=2,
     )
-    history = {"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.4], "train_accuracy": [0.5, 0.8, 0.9],
-               "val_loss": [0.9, 0.6, 0.7], "val_accuracy": [0.6, 0.8, 0.7], "lr": [1e-3] * 3}  # fmt: skip
+    history = {
+        "epoch": [1, 2, 3],
+        "train_loss": [1.0, 0.5, 0.4],
+        "train_accuracy": [0.5, 0.8, 0.9],
+        "val_loss": [0.9, 0.6, 0.7],
+        "val_accuracy": [0.6, 0.8, 0.7],
+        "lr": [1e-3] * 3,
+    }
     files = plots.run_plots(tmp_path / "plots", history, ev)
     names = sorted(f.name for f in files)
     assert names == ["confusion_matrix.png", "curves.png", "feature_maps.png", "predictions.png"]

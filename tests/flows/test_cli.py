@@ -142,8 +142,10 @@ def test_every_config_field_is_an_option_parsed_into_one_config():
     )
     config = config_from(args)
     assert isinstance(config, TrainConfig)
-    assert config == TrainConfig(amsgrad=False, lr_factor=0.3, limit=100,
-                                 mirrors=["http://a/", "http://b/"], monitor="val_accuracy")  # fmt: skip
+    assert config == TrainConfig(
+        amsgrad=False, lr_factor=0.3, limit=100, mirrors=["http://a/", "http://b/"],
+        monitor="val_accuracy",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
