@@ -19,4 +19,10 @@ class NonFiniteLossError(TrainingError):
 
 
 class CheckpointError(Exception):
-    """A checkpoint cannot be used: unreadable, from another model, or a newer format."""
+    """A checkpoint cannot be used: unreadable, hostile, poisoned (non-finite weights), from
+    another model, or another format. The message is one line naming the file and the rule
+    broken: the CLI prints it as it is, so line breaks (from an exception text or a name taken
+    from the file) become spaces."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
