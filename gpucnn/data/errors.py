@@ -1,7 +1,12 @@
 """Typed data errors: each message names the file, the URL where there is one, and what was
-expected versus what was found. Flows retry network failures, never these as a class."""
+expected versus what was found. Flows retry network failures, never these as a class.
+
+Messages put a short first line first (the CLI prints it, then up to 6 more lines).
+"""
 
 from __future__ import annotations
+
+import os
 
 
 class DataError(Exception):
@@ -16,19 +21,71 @@ class DatasetFormatError(DataError):
     """A file is not the IDX file it should be (gzip, magic number, dimensions, counts)."""
 
 
+def mirror_advice(dataset: str | None = None) -> list[str]:
+    """How to point gpucnn at another source: three lines, to follow a list of failed mirrors."""
+    folder = f"{dataset}/" if dataset else "<dataset>/"
+    return [
+        "To use another source: set GPUCNN_DATA_MIRROR=URL or pass --mirror URL (a URL prefix "
+        "serving the four .gz files);",
+        "`python -m http.server 8000` run in a folder holding them serves http://127.0.0.1:8000/.",
+        f"Or pass --data-dir DIR where DIR/{folder} already holds the files (a gpucnn cache).",
+    ]
+
+
 class DownloadError(DataError):
-    """Every mirror failed for a file; ``attempts`` lists (url, why) for each mirror tried.
+    """Every mirror failed for a file; ``attempts`` lists (url, why) for each mirror.
 
     ``transient`` is True when every mirror failed only for reasons that may pass (timeouts,
-    connection errors, 5xx, 429): retrying later can help. A checksum, format, 403 or 404
-    failure on any mirror makes it False.
+    stalls, a transfer below the rate floor, the download deadline, connection errors, 5xx,
+    429): retrying later can help. A checksum, format, 403 or 404 failure on any mirror makes it
+    False.
     """
 
     def __init__(
-        self, filename: str, attempts: list[tuple[str, str]], transient: bool = False
+        self,
+        filename: str,
+        attempts: list[tuple[str, str]],
+        transient: bool = False,
+        dataset: str | None = None,
     ) -> None:
         self.filename = filename
-        self.attempts = attempts
+        self.attempts = list(attempts)
         self.transient = transient
-        lines = "\n".join(f"  - {url}: {why}" for url, why in attempts)
-        super().__init__(f"could not download {filename} from any mirror:\n{lines}")
+        self.dataset = dataset
+        lines = [f"  - {url}: {why}" for url, why in self.attempts]
+        super().__init__(
+            "\n".join(
+                [f"could not download {filename} from any mirror:", *lines, *mirror_advice(dataset)]
+            )
+        )
+
+    def __reduce__(self):  # Prefect and multiprocessing pickle errors: rebuild from the fields
+        return type(self), (self.filename, self.attempts, self.transient, self.dataset)
+
+
+class CacheLockError(DownloadError):
+    """Another process held a dataset folder's lock until the download deadline.
+
+    Transient: that process's own download ends at its deadline, so a later try can succeed.
+    """
+
+    def __init__(self, lock_path: str | os.PathLike, holder: str, waited: float) -> None:
+        self.lock_path = str(lock_path)
+        self.holder = holder
+        self.waited = waited
+        self.filename = self.lock_path
+        self.attempts = []
+        self.transient = True
+        self.dataset = None
+        DataError.__init__(
+            self,
+            f"gave up after {waited:.1f} s waiting for the lock {self.lock_path}, "
+            f"held by {holder}\n"
+            "That process is filling the same dataset folder: let it finish, or end it if it "
+            "hangs;\n"
+            "or pass another --data-dir (GPUCNN_DATA_DIR), or allow more time with "
+            "GPUCNN_DOWNLOAD_DEADLINE (seconds).",
+        )
+
+    def __reduce__(self):
+        return type(self), (self.lock_path, self.holder, self.waited)

@@ -1,17 +1,27 @@
-"""Downloading IDX datasets so that nothing corrupt or half-written ever carries a final name.
+"""Downloading IDX datasets so that nothing corrupt or half-written ever carries a final name,
+and so that a download always ends.
 
 Per file: stream into a temporary file in the target folder, decompress, verify the SHA-256
 (of the decompressed file, or of the official .gz where only that is published), validate the
 IDX header against the registry, fsync, then ``os.replace`` into place and record the digest.
 
-Transient failures — connection errors, timeouts, HTTP 5xx and 429, a body cut short — are
-retried on the same mirror with exponential backoff and jitter. Permanent ones — 403, 404,
-other 4xx, a checksum mismatch, something that is not the expected IDX file — move on to the
-next mirror at once. When every mirror fails, one DownloadError lists each and why.
+Transient failures — connection errors, stalls, a transfer below the rate floor, HTTP 5xx and
+429, a body cut short — are retried on the same mirror with exponential backoff and jitter.
+Permanent ones — 403, 404, other 4xx, a checksum mismatch, something that is not the expected
+IDX file — move on to the next mirror at once. A mirror that failed is tried after the others for
+the rest of the call. When every mirror fails, one DownloadError lists each and why.
 
-A valid cached file is never fetched again: its digest is verified once and recorded with its
-size and modification time in ``.verified.json``; a file that no longer matches its record is
-hashed again, and replaced when it is corrupt. A lock file serialises processes filling one folder.
+Every download ends: an attempt ends when no byte arrives for ``timeout[1]`` seconds (a stall,
+including a server that never answers) or when the body arrives slower than ``min_rate``
+bytes/s over a window of that many seconds (a trickle); the whole call — waiting for another
+process's lock, every file, mirror, retry and back-off — ends at one deadline (``deadline``,
+else GPUCNN_DOWNLOAD_DEADLINE seconds, else 10 minutes).
+
+The cache is verified on every call, never trusted on size and time alone: each file is hashed
+(about 0.1 s for MNIST) against the registry's digest, or, where the registry has only digests of
+the .gz files, against the one recorded in ``.verified.json`` when gpucnn downloaded it. A cache
+that is complete and valid is only read (no lock, no record written), so a read-only folder
+works. A lock file holding its holder's PID serialises processes filling one folder.
 """
 
 from __future__ import annotations
@@ -19,27 +29,40 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import http.client
 import json
 import logging
 import os
 import random
+import socket
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3.exceptions
 
 from gpucnn.data import idx
-from gpucnn.data.errors import ChecksumError, DataError, DatasetFormatError, DownloadError
+from gpucnn.data.errors import (
+    CacheLockError,
+    ChecksumError,
+    DataError,
+    DatasetFormatError,
+    DownloadError,
+)
 from gpucnn.data.registry import DatasetSpec, IdxFile, get_spec
 
 log = logging.getLogger("gpucnn.data")
 
-DEFAULT_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds
+DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, stall) seconds
+DEFAULT_MIN_RATE = 1024.0  # bytes/s; below it over a stall-long window, an attempt ends
+DEFAULT_DEADLINE = 600.0  # seconds for a whole download() call
+DEADLINE_ENV = "GPUCNN_DOWNLOAD_DEADLINE"
 RECORD = ".verified.json"
+LOCK = ".lock"
 CHUNK = 1 << 16
 
 
@@ -65,17 +88,53 @@ class RetryPolicy:
 
 
 class _Transient(Exception):
-    def __init__(self, why: str, retry_after: float | None = None) -> None:
+    """A failure that may pass; ``by_deadline`` when the download deadline cut it short."""
+
+    def __init__(self, why: str, retry_after: float | None = None, by_deadline: bool = False):
         super().__init__(why)
         self.retry_after = retry_after
+        self.by_deadline = by_deadline
 
 
 class _Permanent(Exception):
-    """Give up on this mirror; ``transient`` when it was retries of passing faults that ran out."""
+    """Give up on this mirror; ``transient`` when it was retries of passing faults that ran out
+    (or the deadline, then ``deadline`` too)."""
 
-    def __init__(self, why: str, transient: bool = False) -> None:
+    def __init__(self, why: str, transient: bool = False, deadline: bool = False) -> None:
         super().__init__(why)
         self.transient = transient
+        self.deadline = deadline
+
+
+class _Clock:
+    """The one deadline of a download call."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def __str__(self) -> str:
+        return f"{self.seconds:g} s"
+
+
+def resolve_deadline(deadline: float | None = None) -> float:
+    """``deadline``, else GPUCNN_DOWNLOAD_DEADLINE, else 600 seconds; ``math.inf`` for none."""
+    source = "deadline"
+    if deadline is None:
+        env = os.environ.get(DEADLINE_ENV, "").strip()
+        if not env:
+            return DEFAULT_DEADLINE
+        source = DEADLINE_ENV
+        try:
+            deadline = float(env)
+        except ValueError:
+            raise ValueError(f"{DEADLINE_ENV}={env!r} is not a number of seconds") from None
+    if not deadline > 0:  # also refuses NaN
+        raise ValueError(f"{source} must be a positive number of seconds, got {deadline!r}")
+    return float(deadline)
 
 
 # -- where from, where to ------------------------------------------------------------------
@@ -142,22 +201,14 @@ def sha256_file(path: Path) -> str:
 
 
 def check_cached(path: Path, spec_file: IdxFile, records: dict[str, dict]) -> str | None:
-    """None when ``path`` holds the right, verified content; otherwise why not.
+    """None when ``path`` holds the right content; otherwise why not. Reads, never writes.
 
-    Updates ``records`` when a full verification succeeds.
+    The file is hashed every time: a size and a modification time prove nothing (bytes can
+    change with the timestamp restored).
     """
     if not path.exists():
         return "missing"
-    st = path.stat()
-    rec = records.get(spec_file.name)
-    expected = spec_file.sha256 or (rec or {}).get("sha256")
-    if (
-        rec
-        and rec.get("size") == st.st_size
-        and rec.get("mtime_ns") == st.st_mtime_ns
-        and (spec_file.sha256 is None or rec.get("sha256") == spec_file.sha256)
-    ):
-        return None
+    expected = spec_file.sha256 or records.get(spec_file.name, {}).get("sha256")
     if expected is None:
         return "no recorded digest to verify it against (it was not written by gpucnn)"
     digest = sha256_file(path)
@@ -167,36 +218,110 @@ def check_cached(path: Path, spec_file: IdxFile, records: dict[str, dict]) -> st
         idx.validate(path, spec_file.shape)
     except DatasetFormatError as exc:
         return str(exc)
-    records[spec_file.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     return None
 
 
 # -- locking -------------------------------------------------------------------------------
+def _lock_holder(path: Path) -> str:
+    """Who holds the lock, as its holder wrote it ("process PID on HOST")."""
+    try:
+        pid, _, host = path.read_text().strip().partition(" ")
+    except (OSError, UnicodeDecodeError):
+        pid, host = "", ""
+    if not pid.isdigit():
+        return "another process (no PID recorded yet)"
+    return f"process {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+
+
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder/.lock`` held for the block (blocks until free)."""
-    with open(folder / ".lock", "a+b") as f:
+def folder_lock(folder: Path, deadline: float | None = None, poll: float = 0.05) -> Iterator[None]:
+    """An exclusive lock on ``folder/.lock`` held for the block; the file names its holder.
+
+    Waiting for another holder is logged once (with its PID) on the "gpucnn.data" logger and
+    lasts at most ``deadline`` seconds (None: no bound), then raises CacheLockError.
+    """
+    path = folder / LOCK
+    end = time.monotonic() + deadline if deadline is not None else None
+    with open(path, "a+b") as f:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             import msvcrt
 
-            f.seek(0)
-            msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-            try:
-                yield
-            finally:
+            def try_lock() -> bool:
+                f.seek(0)
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                except OSError:
+                    return False
+                return True
+
+            def unlock() -> None:
                 f.seek(0)
                 msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-            return
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+        else:
+
+            def try_lock() -> bool:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+            def unlock() -> None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+        if not try_lock():
+            start = time.monotonic()
+            bound = f"giving up in {end - start:.0f} s" if end is not None else "without a bound"
+            log.warning("waiting for %s, held by %s (%s)", path, _lock_holder(path), bound)
+            while not try_lock():
+                if end is not None and time.monotonic() >= end:
+                    raise CacheLockError(path, _lock_holder(path), time.monotonic() - start)
+                left = end - time.monotonic() if end is not None else poll
+                time.sleep(max(0.0, min(poll, left)))
+                poll = min(poll * 1.5, 0.5)
         try:
+            with contextlib.suppress(OSError):  # the PID only informs; the lock is the flock
+                f.truncate(0)
+                f.write(f"{os.getpid()} {socket.gethostname()}\n".encode())
+                f.flush()
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                f.truncate(0)  # before unlocking: afterwards it could erase the next holder's
+            unlock()
 
 
 # -- fetching ------------------------------------------------------------------------------
+# What reading a streamed body raises: urllib3's errors (read timeouts, broken connections, a
+# body shorter than its Content-Length), requests' wrappers of them, and socket errors.
+_READ_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
+def _is_timeout(exc: BaseException | None) -> bool:
+    """Whether a read failed because no byte came in time (requests nests urllib3's error).
+
+    Not urllib3's NewConnectionError, which subclasses its TimeoutError for old callers.
+    """
+    for _ in range(6):
+        if exc is None or isinstance(exc, urllib3.exceptions.NewConnectionError):
+            return False
+        if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, requests.ReadTimeout)):
+            return True
+        if isinstance(exc, TimeoutError):  # socket.timeout
+            return True
+        nested = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = nested or exc.__cause__ or exc.__context__
+    return False
+
+
 def _network_error(exc: Exception) -> str:
     """A short reason for a requests failure ("ConnectTimeout", "[Errno 111] Connection
     refused") instead of urllib3's nested pool message."""
@@ -218,21 +343,94 @@ def _retry_after(resp: requests.Response) -> float | None:
         return None
 
 
+def _body_reader(resp: requests.Response) -> tuple[Callable[[], bytes], socket.socket | None]:
+    """A function returning the next bytes of the body as soon as any arrive (b"" at the end),
+    and the socket beneath, whose timeout may be shortened to meet the deadline.
+
+    ``read1`` returns what has arrived rather than waiting for a full chunk, so a trickle is
+    seen as it comes; urllib3 before 2.x lacks it, and then whole chunks are read.
+    """
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is not None:
+        reader = lambda: read1(CHUNK, decode_content=True) or b""  # noqa: E731
+    else:  # pragma: no cover - urllib3 < 2
+        chunks = resp.iter_content(CHUNK)
+        reader = lambda: next(chunks, b"")  # noqa: E731
+    conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    return reader, sock if isinstance(sock, socket.socket) else None
+
+
+def _download_body(resp, out, stall: float, min_rate: float, clock: _Clock) -> hashlib._Hash:
+    """Stream the body into ``out``, ending the attempt on a stall, a trickle or the deadline."""
+    reader, sock = _body_reader(resp)
+    h, n = hashlib.sha256(), 0
+    window_start, window_n = time.monotonic(), 0
+    while True:
+        wait = min(stall, clock.left())
+        if wait <= 0:
+            raise _Transient(f"cut short by the deadline after {n} bytes", by_deadline=True)
+        if sock is not None and wait < stall:
+            with contextlib.suppress(OSError):
+                sock.settimeout(wait)
+        try:
+            chunk = reader()
+        except _READ_ERRORS as exc:
+            if _is_timeout(exc) and wait < stall:
+                msg = f"cut short by the deadline after {n} bytes"
+                raise _Transient(msg, by_deadline=True) from exc
+            if _is_timeout(exc):
+                raise _Transient(f"stalled: no data for {stall:g} s after {n} bytes") from exc
+            raise _Transient(f"connection broke after {n} bytes: {_network_error(exc)}") from exc
+        if not chunk:
+            return h
+        out.write(chunk)
+        h.update(chunk)
+        n += len(chunk)
+        now = time.monotonic()
+        if min_rate > 0 and now - window_start >= stall:
+            rate = (n - window_n) / (now - window_start)
+            if rate < min_rate:
+                raise _Transient(
+                    f"too slow: {rate:.0f} bytes/s over {now - window_start:.1f} s, below the "
+                    f"floor of {min_rate:g} bytes/s ({n} bytes received)"
+                )
+            window_start, window_n = now, n
+
+
 def _fetch_once(
-    session: requests.Session, url: str, f: IdxFile, folder: Path, timeout: tuple[float, float]
+    session: requests.Session,
+    url: str,
+    f: IdxFile,
+    folder: Path,
+    timeout: tuple[float, float],
+    min_rate: float,
+    clock: _Clock,
 ) -> tuple[Path, str]:
     """Download, decompress and verify one file into a temporary file; returns (path, sha256).
 
     The caller owns the returned temporary file; on any failure nothing is left behind.
     """
+    connect, stall = timeout
     fd_gz, tmp_gz = tempfile.mkstemp(dir=folder, prefix=f".{f.remote}.part-")
     fd_raw, tmp_raw = tempfile.mkstemp(dir=folder, prefix=f".{f.name}.part-")
     os.close(fd_raw)
     ok = False
     try:
+        left = clock.left()
+        if left <= 0:
+            raise _Transient("not started: the deadline had passed", by_deadline=True)
         try:
-            resp = session.get(url, stream=True, timeout=timeout)
+            resp = session.get(url, stream=True, timeout=(min(connect, left), min(stall, left)))
+        except requests.ConnectTimeout as exc:
+            if left < connect:
+                raise _Transient("cut short by the deadline", by_deadline=True) from exc
+            raise _Transient(f"could not connect within {connect:g} s (ConnectTimeout)") from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
+            if _is_timeout(exc) and left < stall:
+                raise _Transient("cut short by the deadline", by_deadline=True) from exc
+            if _is_timeout(exc):
+                raise _Transient(f"stalled: no response within {stall:g} s (ReadTimeout)") from exc
             raise _Transient(_network_error(exc)) from exc
         with resp:
             if resp.status_code == 429 or resp.status_code >= 500:
@@ -240,22 +438,10 @@ def _fetch_once(
             if resp.status_code != 200:
                 raise _Permanent(f"HTTP {resp.status_code} {resp.reason}")
             length = resp.headers.get("Content-Length")
-            h_gz, n = hashlib.sha256(), 0
             with os.fdopen(fd_gz, "wb") as out:
                 fd_gz = -1
-                try:
-                    for chunk in resp.iter_content(CHUNK):
-                        out.write(chunk)
-                        h_gz.update(chunk)
-                        n += len(chunk)
-                except (
-                    requests.ConnectionError,
-                    requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError,
-                ) as exc:
-                    raise _Transient(
-                        f"connection broke after {n} bytes: {_network_error(exc)}"
-                    ) from exc
+                h_gz = _download_body(resp, out, stall, min_rate, clock)
+                n = out.tell()
             if length is not None and length.isdigit() and n != int(length):
                 raise _Transient(f"truncated body: {n} of {length} bytes")
         if f.gz_sha256 and h_gz.hexdigest() != f.gz_sha256:
@@ -297,21 +483,50 @@ def _fetch_once(
                 os.unlink(tmp_raw)
 
 
-def _fetch_with_retries(session, url, f, folder, timeout, retry: RetryPolicy) -> tuple[Path, str]:
-    for attempt in range(retry.attempts):
+def _fetch_with_retries(
+    session, url, f, folder, timeout, min_rate, retry: RetryPolicy, clock: _Clock
+) -> tuple[Path, str]:
+    """One mirror, retrying transient failures; every message counts the attempts made."""
+    last = None  # the last failure that was the mirror's, not the deadline's
+    for made in range(1, retry.attempts + 1):
         try:
-            return _fetch_once(session, url, f, folder, timeout)
+            return _fetch_once(session, url, f, folder, timeout, min_rate, clock)
         except _Transient as exc:
-            if attempt + 1 == retry.attempts:
+            if not exc.by_deadline:
+                last = str(exc)
+            plural = "s" * (made != 1)
+            since = f"; last: {last}" if last else ""
+            if exc.by_deadline:
                 raise _Permanent(
-                    f"gave up after {retry.attempts} attempt{'s' * (retry.attempts != 1)}; "
-                    f"last: {exc}",
+                    f"stopped by the {clock} download deadline after {made} attempt{plural}{since}",
+                    transient=True,
+                    deadline=True,
+                ) from exc
+            if made == retry.attempts:
+                raise _Permanent(
+                    f"gave up after {made} attempt{plural}{since}", transient=True
+                ) from exc
+            wait = retry.delay(made - 1, exc.retry_after)
+            if wait >= clock.left():
+                raise _Permanent(
+                    f"gave up after {made} attempt{plural}: waiting {wait:.1f} s for another "
+                    f"would pass the {clock} download deadline{since}",
                     transient=True,
                 ) from exc
-            wait = retry.delay(attempt, exc.retry_after)
             log.warning("%s: %s; retrying in %.1fs", url, exc, wait)
             time.sleep(wait)
-    raise AssertionError("unreachable")
+    raise ValueError(f"RetryPolicy.attempts must be at least 1, got {retry.attempts}")
+
+
+def _cannot_write(folder: Path, bad: dict[str, str], exc: OSError) -> DataError:
+    """The error for a cache that needs fetching into a folder that cannot be written."""
+    kind = ChecksumError if any(why != "missing" for why in bad.values()) else DataError
+    lines = "\n".join(f"  - {name}: {why}" for name, why in bad.items())
+    return kind(
+        f"cannot fetch into {folder}: {exc.strerror or exc}\n{lines}\n"
+        "Make it writable, or pass --data-dir DIR (GPUCNN_DATA_DIR) naming a folder that "
+        "holds the verified files."
+    )
 
 
 def download(
@@ -321,8 +536,12 @@ def download(
     *,
     timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     retry: RetryPolicy | None = None,
+    min_rate: float = DEFAULT_MIN_RATE,
+    deadline: float | None = None,
 ) -> dict[str, Path]:
     """Make sure a dataset's four IDX files are present and verified; fetch what is not.
+
+    A complete, valid cache is only read, so a read-only folder works.
 
     Args:
         name: "mnist", "fashion-mnist" or "kmnist".
@@ -330,26 +549,45 @@ def download(
             ``root/name/``.
         mirrors: URL prefixes to try in order instead of the registry's; GPUCNN_DATA_MIRROR,
             when set, is tried before them.
-        timeout: (connect, read) timeouts in seconds.
+        timeout: (connect, stall) seconds: the longest wait to connect, and for the next byte
+            (the response headers included) before an attempt ends.
         retry: the policy for transient failures.
+        min_rate: bytes/s; a body arriving slower than this over a window of ``timeout[1]``
+            seconds ends the attempt (0 disables the floor).
+        deadline: seconds for the whole call (waiting for another process's lock, every file,
+            mirror, retry and back-off); default GPUCNN_DOWNLOAD_DEADLINE, else 600.
 
     Returns:
         The local paths, keyed train_images, train_labels, test_images, test_labels.
 
     Raises:
-        DownloadError: a file could not be had from any mirror (each mirror and why).
+        DownloadError: a file could not be had from any mirror (each mirror and why), or
+            CacheLockError (a DownloadError) when another process held the folder's lock
+            until the deadline.
+        DataError: files are missing or corrupt in a folder that cannot be written.
     """
     spec = get_spec(name)
     urls = mirror_urls(spec, mirrors)
     retry = retry or RetryPolicy()
+    clock = _Clock(resolve_deadline(deadline))
     folder = dataset_dir(spec.name, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    with folder_lock(folder), requests.Session() as session:
-        records = _read_records(folder)
-        for key, f in spec.files.items():
-            final = folder / f.name
-            paths[key] = final
+    paths = {key: folder / f.name for key, f in spec.files.items()}
+    records = _read_records(folder)
+    bad = {k: why for k, f in spec.files.items() if (why := check_cached(paths[k], f, records))}
+    if not bad:
+        return paths
+    with contextlib.ExitStack() as stack:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(folder_lock(folder, clock.left()))
+        except OSError as exc:
+            named = {spec.files[k].name: why for k, why in bad.items()}
+            raise _cannot_write(folder, named, exc) from exc
+        session = stack.enter_context(requests.Session())
+        failures = dict.fromkeys(urls, 0)  # a mirror that failed is tried after the others
+        records = _read_records(folder)  # another process may have filled it while we waited
+        for key in bad:
+            f, final = spec.files[key], paths[key]
             why = check_cached(final, f, records)
             if why is None:
                 continue
@@ -357,16 +595,23 @@ def download(
                 log.warning("%s: cached file is not valid (%s); fetching it again", final, why)
                 final.unlink()
             attempts: list[tuple[str, str]] = []
-            transient = True
-            for base in urls:
+            transient, out_of_time = True, False
+            for base in sorted(urls, key=failures.__getitem__):
                 url = base + f.remote
+                if out_of_time or clock.left() <= 0:
+                    attempts.append((url, f"not tried: the {clock} download deadline had passed"))
+                    continue
                 log.info("fetching %s", url)
                 try:
-                    tmp, digest = _fetch_with_retries(session, url, f, folder, timeout, retry)
+                    tmp, digest = _fetch_with_retries(
+                        session, url, f, folder, timeout, min_rate, retry, clock
+                    )
                 except _Permanent as exc:
                     log.warning("%s: %s", url, exc)
                     attempts.append((url, str(exc)))
+                    failures[base] += 1
                     transient = transient and exc.transient
+                    out_of_time = out_of_time or exc.deadline
                     continue
                 os.replace(tmp, final)
                 st = final.stat()
@@ -374,16 +619,16 @@ def download(
                 log.info("%s verified (sha256 %s)", final, digest)
                 break
             else:
-                raise DownloadError(f.name, attempts, transient)
+                raise DownloadError(f.name, attempts, transient, spec.name)
             _write_records(folder, records)
-        _write_records(folder, records)
     return paths
 
 
 def verify_local(
     name: str, root: str | os.PathLike | None = None, keys: Sequence[str] | None = None
 ) -> dict[str, Path]:
-    """The local paths of a dataset already downloaded, each verified; nothing is fetched.
+    """The local paths of a dataset already downloaded, each hashed and verified; nothing is
+    fetched and nothing is written (a read-only folder works).
 
     ``keys`` limits the check to some files (e.g. the two of one split).
 
@@ -394,7 +639,7 @@ def verify_local(
     spec = get_spec(name)
     folder = dataset_dir(spec.name, root)
     paths: dict[str, Path] = {}
-    records = _read_records(folder) if folder.exists() else {}
+    records = _read_records(folder)
     for key in keys if keys is not None else spec.files:
         f = spec.files[key]
         path = folder / f.name
@@ -407,7 +652,4 @@ def verify_local(
         if why is not None:
             raise ChecksumError(f"{path}: {why}; delete it or download again")
         paths[key] = path
-    if folder.exists():
-        with contextlib.suppress(OSError):
-            _write_records(folder, records)
     return paths
