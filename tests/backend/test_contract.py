@@ -23,9 +23,7 @@ def test_both_backends_export_the_same_functions():
 def test_twins_have_the_same_signature(name):
     ours, theirs = inspect.signature(getattr(cpu, name)), inspect.signature(getattr(cuda, name))
     strip = [p.replace(annotation=inspect.Parameter.empty) for p in ours.parameters.values()]
-    strip_cuda = [
-        p.replace(annotation=inspect.Parameter.empty) for p in theirs.parameters.values()
-    ]
+    strip_cuda = [p.replace(annotation=inspect.Parameter.empty) for p in theirs.parameters.values()]
     assert strip == strip_cuda, f"{name}: cpu{ours} but cuda{theirs}"
 
 
