@@ -20,7 +20,7 @@ from numpy.lib import format as npformat
 
 from gpucnn import models, nn, optim
 from gpucnn.train import CheckpointError, EarlyStopping, ModelCheckpoint, load_checkpoint
-from gpucnn.train import checkpoint as checkpoint_module
+from gpucnn.train import checkpoint_checks as checkpoint_module
 from gpucnn.train.checkpoint import generators, save_checkpoint
 
 MiB = 1 << 20
