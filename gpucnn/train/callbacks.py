@@ -15,6 +15,7 @@ import numpy as np
 from gpucnn.optim import Improvement, ReduceLROnPlateau
 
 if TYPE_CHECKING:
+    from gpucnn.train.checkpoint import Checkpoint
     from gpucnn.train.trainer import Trainer
 
 
@@ -194,7 +195,14 @@ class PlateauScheduler(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save ``last.npz`` after every epoch and ``best.npz`` when ``monitor`` improves.
+    """Save ``last.npz`` after every epoch and ``best.npz`` when ``monitor`` improves, in an
+    order that leaves the folder consistent after a kill at any moment, and resume from it.
+
+    The commit order: ``best.npz`` first, then ``last.npz``, each keeping the version it
+    replaces as ``best.prev.npz`` / ``last.prev.npz``. ``last.npz`` records which epoch
+    ``best.npz`` holds, so it never claims a best that is not on disk; a ``best.npz`` written
+    ahead of it (a kill between the two writes) is told apart by its epoch and replaced by
+    the one ``last.npz`` names when the run resumes (:meth:`resume`).
 
     Args:
         directory: where the files go.
@@ -219,6 +227,7 @@ class ModelCheckpoint(Callback):
         self.improved = Improvement(infer_mode(monitor, mode), 0.0, "abs")
         self.save_best, self.save_last = save_best, save_last
         self.best = self.improved.worst
+        self.best_epoch = 0  # epochs completed when best.npz was written; 0: none yet
 
     @property
     def last_path(self) -> Path:
@@ -233,14 +242,79 @@ class ModelCheckpoint(Callback):
         if self.save_best:
             current = _metric(logs, self.monitor, "ModelCheckpoint")
             if not math.isnan(current) and self.improved(current, self.best):
-                self.best, is_best = current, True
-        if self.save_last:
-            trainer.save_checkpoint(self.last_path)
+                self.best, self.best_epoch, is_best = current, epoch + 1, True
         if is_best:
-            trainer.save_checkpoint(self.best_path)
+            trainer.save_checkpoint(self.best_path, keep_previous=True)
+        if self.save_last:
+            trainer.save_checkpoint(self.last_path, keep_previous=True)
+
+    def resume(self, trainer: Trainer) -> Checkpoint | None:
+        """Load the newest usable checkpoint of this folder into ``trainer``.
+
+        ``last.npz``, or ``last.prev.npz`` with a warning when the newest is missing,
+        unreadable or poisoned; then ``best.npz`` is made the checkpoint the loaded one names
+        (restored from ``best.prev.npz`` when a kill left a newer one). Leftover temporary
+        files of a killed write are removed. Without any last checkpoint, a ``best.npz`` left
+        by a run killed in its first epoch is removed and None is returned (a fresh start).
+
+        Raises:
+            CheckpointError: checkpoints are there but none can be used; the message says
+                how to start over.
+        """
+        from gpucnn.train.atomic import previous, remove_stale_parts
+        from gpucnn.train.errors import CheckpointError
+        from gpucnn.train.runs import START_OVER
+
+        remove_stale_parts(self.directory)
+        candidates = [p for p in (self.last_path, previous(self.last_path)) if p.exists()]
+        if not candidates:
+            for stale in (self.best_path, previous(self.best_path)):
+                stale.unlink(missing_ok=True)
+            return None
+        problems = []
+        for path in candidates:
+            try:
+                ckpt = trainer.load_checkpoint(path)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if problems:
+                trainer.log(f"warning: {problems[0]}; resumed from the previous checkpoint {path}")
+            self._reconcile_best(trainer)
+            trainer.write_history()  # history.json agrees with the checkpoint resumed from
+            return ckpt
+        raise CheckpointError(
+            f"no usable checkpoint in {self.directory}: {'; '.join(problems)}; {START_OVER}"
+        )
+
+    def _reconcile_best(self, trainer: Trainer) -> None:
+        from gpucnn.train.atomic import previous
+        from gpucnn.train.checkpoint import load_checkpoint
+        from gpucnn.train.errors import CheckpointError
+
+        if not self.save_best or self.best_epoch == 0:
+            return
+        for path in (self.best_path, previous(self.best_path)):
+            try:
+                held = load_checkpoint(path).epoch if path.exists() else None
+            except CheckpointError:
+                held = None
+            if held == self.best_epoch:
+                if path != self.best_path:
+                    path.replace(self.best_path)
+                    trainer.log(
+                        f"best.npz was written after the last checkpoint; restored the best of "
+                        f"epoch {self.best_epoch} from {path.name}"
+                    )
+                return
+        trainer.log(
+            f"warning: {self.best_path} does not hold epoch {self.best_epoch}, the best the last "
+            "checkpoint names; it is rewritten when the monitored metric next improves"
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = float(state["best"])
+        self.best_epoch = int(state.get("best_epoch", 0))

@@ -13,16 +13,16 @@ unicode dtypes, sizes that add up), so memory stays bounded by the file's size; 
 scalars, the JSON members and the finiteness of the weights and optimizer state. Every refusal
 is one CheckpointError line naming the file and the rule.
 
-Writes are atomic: a temporary file in the same folder, fsync, then os.replace, so a crash
-mid-save leaves the previous checkpoint intact.
+Writes are atomic (gpucnn.train.atomic): a temporary file in the same folder, fsync, then
+os.replace, so a crash mid-save leaves the previous checkpoint intact; with ``keep_previous``
+the replaced file is kept as ``<name>.prev.npz``. Nothing non-finite is ever written: a model
+or optimizer state holding NaN or infinity is refused before the file is touched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.nn import Module
+from gpucnn.train.atomic import write_atomic
 from gpucnn.train.checkpoint_checks import (
     FORMAT_VERSION,
     JSON_MEMBERS,
@@ -71,26 +72,6 @@ def _json(value: Any) -> np.ndarray:
     return np.array(json.dumps(value))
 
 
-def atomic_savez(path: Path, arrays: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.part-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: Module,
@@ -100,6 +81,7 @@ def save_checkpoint(
     step: int = 0,
     config: dict[str, Any] | None = None,
     history: dict[str, Any] | None = None,
+    keep_previous: bool = False,
 ) -> Path:
     """Write a checkpoint atomically; returns its path.
 
@@ -112,6 +94,11 @@ def save_checkpoint(
         step: optimizer steps taken.
         config: the run's settings (JSON-serialisable).
         history: the per-epoch record so far (JSON-serialisable).
+        keep_previous: keep the file being replaced as ``<name>.prev.npz``.
+
+    Raises:
+        CheckpointError: the model or optimizer state holds NaN or infinity (nothing is
+            written: a resumed run must never start from a poisoned state).
     """
     arrays: dict[str, Any] = {
         "format_version": np.int64(FORMAT_VERSION),
@@ -129,8 +116,18 @@ def save_checkpoint(
     for name, rng in generators(model).items():
         arrays[f"rng/{name}"] = _json(rng.bit_generator.state)
     path = Path(path)
-    atomic_savez(path, arrays)
-    return path
+    for key, value in arrays.items():
+        a = np.asarray(value)
+        if (
+            key.startswith(("model/", "optim/"))
+            and a.dtype.kind == "f"
+            and not np.isfinite(a).all()
+        ):
+            raise CheckpointError(
+                f"not saving {path}: {key} holds NaN or infinite values (training diverged); "
+                "the previous checkpoint is kept"
+            )
+    return write_atomic(path, lambda f: np.savez(f, **arrays), keep_previous)
 
 
 def _load(path: Path, zf: zipfile.ZipFile, model: Module | None) -> Checkpoint:

@@ -18,6 +18,18 @@ class NonFiniteLossError(TrainingError):
         )
 
 
+class NonFiniteParametersError(TrainingError):
+    """An update left a parameter NaN or infinite; nothing of that epoch is saved."""
+
+    def __init__(self, epoch: int, name: str) -> None:
+        self.epoch, self.name = epoch, name
+        super().__init__(
+            f"parameter {name} became NaN or infinite in epoch {epoch}'s updates; training "
+            "stopped before anything of that epoch was saved, and the last good checkpoint "
+            "was kept (try a lower learning rate)"
+        )
+
+
 class CheckpointError(Exception):
     """A checkpoint cannot be used: unreadable, hostile, poisoned (non-finite weights), from
     another model, or another format. The message is one line naming the file and the rule

@@ -7,7 +7,6 @@ losses and gradient norms are written into device arrays and read by the host on
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,9 +19,10 @@ import numpy as np
 from gpucnn.backend import Backend, get_backend, to_host
 from gpucnn.functional.loss import check_labels
 from gpucnn.nn import Module
+from gpucnn.train.atomic import write_json
 from gpucnn.train.callbacks import Callback
 from gpucnn.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from gpucnn.train.errors import NonFiniteLossError, TrainingError
+from gpucnn.train.errors import NonFiniteLossError, NonFiniteParametersError, TrainingError
 from gpucnn.train.parallel import DataParallel, data_parallel
 from gpucnn.train.progress import Progress
 
@@ -104,9 +104,10 @@ class Trainer:
     def _callback_states(self) -> dict[str, Callback]:
         return {c.key: c for c in self.callbacks}
 
-    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike, keep_previous: bool = False) -> Path:
         """Everything needed to continue this run exactly: weights, optimizer, callbacks,
-        generators, epoch, step, config and history."""
+        generators, epoch, step, config and history (``keep_previous``: keep the replaced
+        file as ``<name>.prev.npz``)."""
         return save_checkpoint(
             path,
             self.model,
@@ -116,11 +117,12 @@ class Trainer:
             self.global_step,
             self.config,
             self.history,
+            keep_previous=keep_previous,
         )
 
     def load_checkpoint(self, path: str | os.PathLike) -> Checkpoint:
         """Resume from a checkpoint written by :meth:`save_checkpoint` (same model)."""
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, model=self.model)
         ckpt.restore(self.model, self.optimizer, self._callback_states())
         self.epoch, self.global_step = ckpt.epoch, ckpt.step
         if ckpt.history:
@@ -171,6 +173,18 @@ class Trainer:
             raise NonFiniteLossError(epoch + 1, checked + int(bad[0]) + 1, float(chunk[bad[0]]))
         return upto
 
+    def _check_parameters(self, epoch: int) -> None:
+        """Every parameter finite after the epoch's last update (one device reduction, one
+        host read): the loss is checked before each update, so this catches the last one
+        before any checkpoint is written."""
+        xp = self.backend.xp
+        finite = xp.ones((), dtype=bool)
+        for p in self.model.parameters():
+            finite &= xp.isfinite(p.data).all()
+        if not bool(finite):
+            bad = next(n for n, p in self.model.named_parameters() if not xp.isfinite(p.data).all())
+            raise NonFiniteParametersError(epoch + 1, bad)
+
     def _train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict[str, float]:
         xp = self.backend.xp
         self.model.train()
@@ -207,6 +221,7 @@ class Trainer:
         if i + 1 != n_batches:
             raise TrainingError(f"train loader yielded {i + 1} batches but len() says {n_batches}")
         self._check_finite(losses, n_batches, checked, epoch)
+        self._check_parameters(epoch)
         elapsed = time.perf_counter() - start
         host_losses, host_norms = to_host(losses), to_host(norms)
         seen = int(sizes.sum())
@@ -309,9 +324,6 @@ class Trainer:
         return "  ".join(parts)
 
     def write_history(self) -> None:
-        if self.history_path is None:
-            return
-        self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.history_path.with_suffix(".json.part")
-        tmp.write_text(json.dumps(self.history, indent=1, allow_nan=True))
-        os.replace(tmp, self.history_path)
+        """history.json, atomically (after every epoch, and on resume)."""
+        if self.history_path is not None:
+            write_json(self.history_path, self.history)

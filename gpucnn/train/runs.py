@@ -1,0 +1,218 @@
+"""A run folder: one owner at a time, one config, and a name that stays inside its parent.
+
+- **Names** are single path components (no separators, "..", control characters or a leading
+  dot), so ``--run-name`` can never write outside ``--output-dir``.
+- **Ownership**: :meth:`RunFolder.claim` holds an exclusive ``flock`` on ``<run>/.lock`` for
+  the run's life; a second process fails at once, naming the holder's PID. The kernel drops
+  the lock when its holder dies, SIGKILL included, so no stale lock survives a crash. Claims
+  nest within one process (the CLI claims, then the flow and the recipe claim again).
+- **One config**: ``config.json`` records the run's TrainConfig; resuming with a config that
+  differs in anything but the fields a resumed run may change (RESUMABLE) is refused, naming
+  the fields, instead of silently mixing two runs in one folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gpucnn.train.config import TrainConfig
+from gpucnn.train.errors import TrainingError
+
+# what a run writes into its folder (cleared by --overwrite); anything else is left alone
+RUN_FILES = (
+    "config.json",
+    "data.json",
+    "history.json",
+    "history.csv",
+    "summary.json",
+    "metrics.json",
+)
+RUN_DIRS = ("checkpoints", "plots", "tensorboard")
+# fields that say where data and arrays live and what is logged, not what a run computes
+LOCATION = ("device", "data_dir", "mirrors", "tensorboard")
+# fields a resumed run may change: those, and how many epochs to train for at most
+RESUMABLE = (*LOCATION, "epochs")
+START_OVER = "to start over, re-run with --overwrite (or delete the folder)"
+
+_held: dict[Path, list] = {}  # run folder -> [open lock file, claims]: this process's claims
+_held_guard = threading.Lock()
+
+
+def config_digest(config: TrainConfig) -> str:
+    """8 hex digits of what a config computes (LOCATION fields left out): the same recipe
+    finds the same folder, so a re-run after a crash resumes instead of starting over."""
+    d = {k: v for k, v in config.to_dict().items() if k not in LOCATION}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_run_name(config: TrainConfig) -> str:
+    """dataset-model-<config digest>."""
+    return f"{config.dataset}-{config.model}-{config_digest(config)}"
+
+
+def plural(n: int, noun: str) -> str:
+    """ "1 epoch", "2 epochs"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def artifact_key(run_name: str, what: str) -> str:
+    """A Prefect artifact key for one of a run's artifacts (lowercase letters, digits and
+    dashes): stable, so a re-run updates the artifact instead of adding another."""
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{run_name}-{what}".lower()).strip("-")
+    return slug[:200] or "gpucnn"
+
+
+class RunFolderError(TrainingError):
+    """A run folder cannot be used as asked: in use, another config, or a bad name."""
+
+
+def check_run_name(name: str) -> str:
+    """``name`` when it is a single, visible path component; else a clear ValueError."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(sep in name for sep in ("/", "\\", os.sep))
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(name.encode()) > 255
+    )
+    if bad:
+        raise ValueError(
+            f"run name {name!r} is not a folder name: use one path component of at most 255 "
+            "bytes, without '/', control characters or a leading '.'"
+        )
+    return name
+
+
+class RunFolder:
+    """The folder of one training run (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path / ".lock"
+
+    # -- ownership -----------------------------------------------------------------------
+    def holder(self) -> str:
+        """Who holds the lock, as its lock file says ("PID on HOST since TIME")."""
+        try:
+            return self.lock_path.read_text().strip() or "an unknown process"
+        except OSError:
+            return "an unknown process"
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[RunFolder]:
+        """Hold the folder for this process (made if missing) until the block ends.
+
+        Raises:
+            RunFolderError: another process holds it (the message names its PID).
+        """
+        key = self.path.resolve()
+        with _held_guard:
+            if key in _held:
+                _held[key][1] += 1
+                entry = None
+            else:
+                entry = self._lock()
+                _held[key] = [entry[0], 1]
+        try:
+            yield self
+        finally:
+            with _held_guard:
+                _held[key][1] -= 1
+                if _held[key][1] == 0:
+                    f = _held.pop(key)[0]
+                    self._unlock(f, made=entry[1] if entry else False)
+
+    def _lock(self) -> tuple[Any, bool]:
+        made = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.lock_path, "a+")  # noqa: SIM115 - held open for the run's life
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.close()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunFolderError(
+                f"run folder {self.path} is in use by {self.holder()}; wait for that run to "
+                "end, or choose another --run-name"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
+        f.flush()
+        return f, made
+
+    def _unlock(self, f: Any, made: bool) -> None:
+        # a folder this claim made and nothing else used (a download failed, say) goes again
+        if made and [p.name for p in self.path.iterdir()] == [".lock"]:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
+                self.path.rmdir()
+        f.close()
+
+    # -- config --------------------------------------------------------------------------
+    def recorded_config(self) -> dict[str, Any] | None:
+        path = self.path / "config.json"
+        if not path.exists():
+            return None
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{path} is unreadable ({exc}); {START_OVER}") from exc
+        if not isinstance(value, dict):
+            raise RunFolderError(f"{path} does not hold a config object; {START_OVER}")
+        return value
+
+    def check_config(self, config: TrainConfig) -> None:
+        """Refuse to resume this folder's run with a different config.
+
+        Raises:
+            RunFolderError: naming each differing field with its recorded and new value.
+        """
+        recorded = self.recorded_config()
+        if recorded is None:
+            return
+        ours = config.to_dict()
+        theirs = TrainConfig().to_dict() | recorded  # fields added since take their defaults
+        diffs = [
+            f"{k} {theirs.get(k)!r} there, {v!r} now"
+            for k, v in ours.items()
+            if k not in RESUMABLE and theirs.get(k) != v
+        ]
+        if diffs:
+            raise RunFolderError(
+                f"run folder {self.path} holds a run with another config ({'; '.join(diffs)}); "
+                f"a run resumes only with its own config: {START_OVER}, or choose another "
+                "--run-name"
+            )
+
+    # -- results -------------------------------------------------------------------------
+    def finished(self) -> dict[str, Any] | None:
+        """The summary and test metrics of a run that trained and was evaluated, else None."""
+        try:
+            summary = json.loads((self.path / "summary.json").read_text())
+            metrics = json.loads((self.path / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return {"summary": summary, "metrics": metrics}
+
+    def clear(self) -> None:
+        """Remove what a run wrote here (RUN_FILES, RUN_DIRS), keeping anything else."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)

@@ -1,0 +1,154 @@
+"""Run folders and checkpoints that are never wrong: the last update of an epoch checked
+before anything is saved, fallback to the previous good checkpoint, best.npz reconciled with
+last.npz, one owner per folder, one config per folder, names that stay inside their parent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpucnn import nn, optim
+from gpucnn.data import DataLoader
+from gpucnn.train import (
+    CheckpointError,
+    ModelCheckpoint,
+    NonFiniteParametersError,
+    Trainer,
+    load_checkpoint,
+)
+from gpucnn.train.atomic import previous
+from gpucnn.train.config import TrainConfig
+from gpucnn.train.runs import RunFolder, RunFolderError, check_run_name
+from tests.train.test_trainer import blobs, loaders, small_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def trainer(folder: Path, lr=1e-2, seed=0) -> tuple[Trainer, ModelCheckpoint]:
+    model = small_model(seed=seed)
+    cb = ModelCheckpoint(folder)
+    t = Trainer(
+        model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=lr), callbacks=[cb],
+        progress=False, workers=1,
+    )  # fmt: skip
+    return t, cb
+
+
+# -- nothing non-finite is saved ----------------------------------------------------------
+def test_the_last_update_of_an_epoch_is_checked_before_a_checkpoint(tmp_path):
+    x, y = blobs(25)  # one batch per epoch: the loss check before it sees finite weights
+    t, _ = trainer(tmp_path, lr=np.inf)
+    with pytest.raises(NonFiniteParametersError, match="became NaN or infinite in epoch 1"):
+        t.fit(DataLoader(x, y, 25, seed=0), epochs=3)
+    assert not (tmp_path / "last.npz").exists()
+    assert not (tmp_path / "best.npz").exists()
+
+
+def test_a_poisoned_model_is_never_written(tmp_path):
+    t, _ = trainer(tmp_path)
+    t.model[0].weight.data[0, 0, 0, 0] = np.nan
+    with pytest.raises(CheckpointError, match="not saving .*0.weight holds NaN"):
+        t.save_checkpoint(tmp_path / "last.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- recovery -------------------------------------------------------------------------------
+def fit_epochs(folder: Path, epochs: int) -> Trainer:
+    train, val = loaders()
+    t, _ = trainer(folder)
+    t.fit(train, val, epochs)
+    return t
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    fit_epochs(tmp_path, 2)
+    last = tmp_path / "last.npz"
+    last.write_bytes(last.read_bytes()[:1000])  # cut short, as a full disk would
+    t, cb = trainer(tmp_path)
+    with caplog.at_level("INFO", logger="gpucnn.train"):
+        ckpt = cb.resume(t)
+    assert ckpt.epoch == 1 and t.epoch == 1
+    assert "resumed from the previous checkpoint" in caplog.text
+    assert str(previous(last)) in caplog.text
+
+
+def test_no_usable_checkpoint_says_how_to_start_over(tmp_path):
+    fit_epochs(tmp_path, 2)
+    for path in (tmp_path / "last.npz", previous(tmp_path / "last.npz")):
+        path.write_bytes(b"not a zip")
+    t, cb = trainer(tmp_path)
+    with pytest.raises(CheckpointError, match="no usable checkpoint .* --overwrite"):
+        cb.resume(t)
+
+
+def test_a_best_written_after_the_last_checkpoint_is_put_back(tmp_path, caplog):
+    """A kill between best.npz and last.npz leaves a best of an epoch last does not know."""
+    fit_epochs(tmp_path, 2)
+    best, last = tmp_path / "best.npz", tmp_path / "last.npz"
+    assert (load_checkpoint(best).epoch, load_checkpoint(previous(best)).epoch) == (2, 1)
+    previous(last).replace(last)  # as if epoch 2's last.npz was never written
+    t, cb = trainer(tmp_path)
+    with caplog.at_level("INFO", logger="gpucnn.train"):
+        cb.resume(t)
+    assert t.epoch == 1 and cb.best_epoch == 1
+    assert load_checkpoint(best).epoch == 1
+    assert "restored the best of epoch 1" in caplog.text
+
+
+def test_without_a_last_checkpoint_a_stale_best_is_removed(tmp_path):
+    fit_epochs(tmp_path, 1)
+    (tmp_path / "last.npz").unlink()  # killed between epoch 1's best.npz and last.npz
+    t, cb = trainer(tmp_path)
+    assert cb.resume(t) is None
+    assert not (tmp_path / "best.npz").exists()
+
+
+# -- the run folder -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/abs", ".hidden", "a\nb", "a\x7f"])
+def test_run_names_are_single_visible_path_components(name):
+    with pytest.raises(ValueError, match="is not a folder name"):
+        check_run_name(name)
+
+
+def test_a_second_process_cannot_claim_a_folder_in_use(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom gpucnn.train.runs import RunFolder\n"
+         f"with RunFolder({str(tmp_path / 'r')!r}).claim():\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.perf_counter()
+        with pytest.raises(RunFolderError, match=f"in use by process {holder.pid} on "):
+            with RunFolder(tmp_path / "r").claim():
+                pass
+        assert time.perf_counter() - t0 < 1
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunFolder(tmp_path / "r").claim():  # the kernel dropped the dead holder's lock
+        pass
+
+
+def test_claims_nest_in_one_process_and_an_unused_new_folder_goes_again(tmp_path):
+    folder = RunFolder(tmp_path / "new")
+    with folder.claim(), folder.claim():
+        assert folder.path.is_dir()
+    assert not folder.path.exists()  # made by the claim, used by nothing: removed
+
+
+def test_resuming_with_another_config_names_the_differing_fields(tmp_path):
+    from gpucnn.train.atomic import write_json
+
+    write_json(tmp_path / "config.json", TrainConfig(lr=1e-3, limit=2000).to_dict())
+    folder = RunFolder(tmp_path)
+    folder.check_config(TrainConfig(lr=1e-3, limit=2000, epochs=9, device="cpu"))  # resumable
+    with pytest.raises(RunFolderError, match=r"lr 0.001 there, 0.05 now; limit 2000 there, 100"):
+        folder.check_config(TrainConfig(lr=0.05, limit=100))
