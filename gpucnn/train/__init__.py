@@ -7,20 +7,29 @@ from gpucnn.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from gpucnn.train.errors import CheckpointError, NonFiniteLossError, TrainingError
+from gpucnn.train.errors import (
+    CheckpointError,
+    NonFiniteLossError,
+    NonFiniteParametersError,
+    TrainingError,
+)
+from gpucnn.train.loggers import CSVLogger, TensorBoardLogger
 from gpucnn.train.metrics import accuracy, confusion_matrix, per_class_accuracy, topk_accuracy
 from gpucnn.train.trainer import Trainer
 from gpucnn.train.transfer import freeze, load_weights, replace_head, unfreeze
 
 __all__ = [
     "FORMAT_VERSION",
+    "CSVLogger",
     "Callback",
     "Checkpoint",
     "CheckpointError",
     "EarlyStopping",
     "ModelCheckpoint",
     "NonFiniteLossError",
+    "NonFiniteParametersError",
     "PlateauScheduler",
+    "TensorBoardLogger",
     "Trainer",
     "TrainingError",
     "accuracy",

@@ -60,7 +60,12 @@ class TrainConfig:
     device: str = _field("auto", "where to train", choices=DEVICES)
     seed: int = _field(0, "seeds weights, split, shuffling, dropout")
     limit: int | None = _field(
-        None, "use only the first N training images, for a quick run (default: all)"
+        None,
+        "use only the first N training images, for a quick run; the test set stays whole "
+        "(default: all)",
+    )
+    tensorboard: bool = _field(
+        False, "also write TensorBoard event files to <run>/tensorboard (the 'tensorboard' extra)"
     )
     data_dir: str | None = _field(
         None, "dataset cache (default: $GPUCNN_DATA_DIR or ~/.cache/gpucnn)", group="where"

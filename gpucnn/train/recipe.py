@@ -18,10 +18,13 @@ import numpy as np
 
 from gpucnn import data, models, nn, optim
 from gpucnn.backend import Backend, get_backend
+from gpucnn.train.atomic import remove_stale_parts, write_json
 from gpucnn.train.callbacks import EarlyStopping, ModelCheckpoint, PlateauScheduler
 from gpucnn.train.checkpoint import load_checkpoint
 from gpucnn.train.config import TrainConfig
+from gpucnn.train.loggers import CSVLogger, TensorBoardLogger
 from gpucnn.train.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
+from gpucnn.train.runs import RunFolder
 from gpucnn.train.trainer import Trainer
 
 log = logging.getLogger("gpucnn.train")
@@ -30,14 +33,13 @@ log = logging.getLogger("gpucnn.train")
 def load_split(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The verified data, split 80/20 (seeded) into train and validation, plus test.
 
-    ``limit`` keeps the first ``limit`` training images (and a proportional test subset).
+    ``limit`` keeps the first ``limit`` training images (before the split); the test set is
+    always whole, so test metrics of quick runs compare with full ones.
     """
     x, y = data.load(config.dataset, "train", root=config.data_dir, mirrors=config.mirrors)
     xt, yt = data.load(config.dataset, "test", root=config.data_dir, mirrors=config.mirrors)
     if config.limit is not None:
         x, y = x[: config.limit], y[: config.limit]
-        keep = max(1, config.limit * len(yt) // 60000)
-        xt, yt = xt[:keep], yt[:keep]
     train, val = data.train_val_split(x, y, config.val_fraction, seed=config.seed)
     return {"train": train, "val": val, "test": (xt, yt)}
 
@@ -82,8 +84,11 @@ def build_trainer(
             "val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
         ),
         ModelCheckpoint(run_dir / "checkpoints", monitor=config.monitor),
+        CSVLogger(run_dir / "history.csv"),
         *extra_callbacks,
     ]
+    if config.tensorboard:
+        callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
     return Trainer(
         model,
         nn.CrossEntropyLoss(),
@@ -105,46 +110,45 @@ def train(
 ) -> dict[str, Any]:
     """Train with early stopping, checkpointing into ``run_dir/checkpoints``.
 
-    With ``resume``: a run that finished (``summary.json`` present) is not trained again, and
-    a run that crashed continues from its ``last.npz``. Returns a summary: epochs run, best
-    validation loss and accuracy, and the path of the best checkpoint (also written to
-    ``run_dir/summary.json``).
+    The run folder is claimed for the whole call (gpucnn.train.runs: a second process fails at
+    once). With ``resume``: a run that finished (``summary.json`` present) is not trained
+    again, a run that crashed continues from its last good checkpoint, and a folder holding a
+    run of another config is refused; without, the folder's results are cleared first.
+
+    Returns:
+        A summary (also written to ``run_dir/summary.json``): epochs run, the best epoch (the
+        one ``best.npz`` holds), its validation loss and accuracy, the best checkpoint's path
+        and the training time.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done = run_dir / "summary.json"
-    if resume and done.exists():
-        return json.loads(done.read_text())
-    done.unlink(missing_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
-    backend = get_backend(config.device)  # resolved once for the whole run
-    loaders = make_loaders(config, load_split(config), backend)
-    trainer = build_trainer(config, run_dir, backend, progress, extra_callbacks)
-    last = run_dir / "checkpoints" / "last.npz"
-    if resume and last.exists():
-        trainer.load_checkpoint(last)
-    elif last.exists():
-        last.unlink()  # a fresh start must not leave an older run's checkpoint to resume from
-    history = trainer.fit(loaders["train"], loaders.get("val"), config.epochs)
-    best = run_dir / "checkpoints" / "best.npz"
-    watched = np.array(history[config.monitor], dtype=float)  # NaN where there was no val set
-    has_val = bool(np.isfinite(watched).any())
-    if has_val:
-        i = int(
-            np.nanargmax(watched) if config.monitor == "val_accuracy" else np.nanargmin(watched)
-        )
-    else:
-        i = -1
-    summary = {
-        "epochs": len(history["epoch"]),
-        "best_epoch": i + 1,
-        "best_val_loss": history["val_loss"][i] if has_val else None,
-        "best_val_accuracy": history["val_accuracy"][i] if has_val else None,
-        "best_checkpoint": str(best if best.exists() else last),
-        "train_time_s": float(sum(history["elapsed_s"])),
-    }
-    write_json(done, summary)
-    return summary
+    folder = RunFolder(run_dir)
+    with folder.claim():
+        remove_stale_parts(folder.path)  # what a killed write left (checkpoints/: on resume)
+        done = folder.path / "summary.json"
+        if resume:
+            folder.check_config(config)
+            if done.exists():
+                return json.loads(done.read_text())
+        else:
+            folder.clear()
+        write_json(folder.path / "config.json", config.to_dict())
+        backend = get_backend(config.device)  # resolved once for the whole run
+        loaders = make_loaders(config, load_split(config), backend)
+        trainer = build_trainer(config, folder.path, backend, progress, extra_callbacks)
+        checkpoints = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+        if resume:
+            checkpoints.resume(trainer)
+        history = trainer.fit(loaders["train"], loaders.get("val"), config.epochs)
+        i = checkpoints.best_epoch - 1  # -1: no epoch was ever best (no validation metric)
+        summary = {
+            "epochs": len(history["epoch"]),
+            "best_epoch": i + 1,
+            "best_val_loss": history["val_loss"][i] if i >= 0 else None,
+            "best_val_accuracy": history["val_accuracy"][i] if i >= 0 else None,
+            "best_checkpoint": str(checkpoints.best_path if i >= 0 else checkpoints.last_path),
+            "train_time_s": float(sum(history["elapsed_s"])),
+        }
+        write_json(done, summary)
+        return summary
 
 
 @dataclass
@@ -271,8 +275,33 @@ def evaluate_run(
     return metrics
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically: a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+def record_sweep(folder: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge a sweep's rows into ``folder/sweep.json`` (one row per trial folder, this
+    sweep's replacing earlier rows of the same trial), ranked by test accuracy, and draw
+    ``folder/sweep.png`` comparing the trials' validation curves (when matplotlib is there).
+
+    Returns:
+        Every row of sweep.json, best first.
+    """
+    from gpucnn import plots
+
+    path = Path(folder) / "sweep.json"
+    try:
+        earlier = json.loads(path.read_text()) if path.exists() else []
+    except ValueError:
+        log.warning("%s is unreadable; it is rewritten with this sweep's trials", path)
+        earlier = []
+    if not isinstance(earlier, list):
+        earlier = []
+    merged = {r["run"]: r for r in earlier if isinstance(r, dict) and "run" in r}
+    merged.update({r["run"]: r for r in rows})
+    ranked = sorted(merged.values(), key=lambda r: -(r.get("test_accuracy") or 0))
+    write_json(path, ranked)
+    if plots.unavailable() is None:
+        histories = {}
+        for r in ranked:
+            h = Path(folder) / r["run"] / "history.json"
+            if h.exists():
+                histories[r["run"]] = json.loads(h.read_text())
+        plots.sweep_curves(histories, Path(folder) / "sweep.png")
+    return ranked
