@@ -207,3 +207,22 @@ def filters_and_maps(conv: Any, image: np.ndarray, x: np.ndarray, path: str | Pa
     inset.axis("off")
     inset.set_title("input", fontsize=8)
     return _save(fig, Path(path))
+
+
+def sweep_curves(histories: dict[str, dict[str, list]], path: str | Path) -> Path:
+    """Validation loss and accuracy per epoch of every trial of a sweep, one line each."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, h in histories.items():
+        axes[0].plot(h["epoch"], h["val_loss"], "-o", ms=3, label=name)
+        axes[1].plot(h["epoch"], h["val_accuracy"], "-o", ms=3, label=name)
+    for ax, title in zip(axes, ("validation loss", "validation accuracy"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if histories:
+        axes[1].legend(fontsize=7)
+    return _save(fig, Path(path))

@@ -3,7 +3,8 @@
     python -m gpucnn.flows.evaluate runs/<run>/checkpoints/best.npz
 
 The checkpoint carries its config (dataset, model); metrics.json, plots and Prefect
-artifacts go to its run folder unless --output-dir says otherwise.
+artifacts go to its run folder unless --output-dir says otherwise. --export-onnx PATH also
+writes the model as ONNX (opset 17; input: normalised images (N, 1, 28, 28), output: logits).
 """
 
 from __future__ import annotations
@@ -35,12 +36,26 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where metrics.json and plots go (default: the run folder)",
     )
+    ap.add_argument(
+        "--export-onnx",
+        default=None,
+        metavar="PATH",
+        help="also write the checkpoint's model as ONNX (needs the 'onnx' extra)",
+    )
     args = ap.parse_args(argv)
 
     def body() -> None:
         from gpucnn.train.checkpoint import load_checkpoint
 
-        load_checkpoint(args.checkpoint)  # a bad path fails here, before Prefect starts
+        load_checkpoint(args.checkpoint)  # a bad or poisoned file fails here, before Prefect
+        if args.export_onnx:
+            import gpucnn
+
+            try:
+                path = gpucnn.export.onnx(gpucnn.load(args.checkpoint), args.export_onnx)
+            except ImportError as exc:  # the extra is missing: one line, not a traceback
+                raise ValueError(str(exc)) from exc
+            print(f"wrote {path}", file=sys.stderr)
         prepare_prefect_env()
         from gpucnn.flows.pipeline import evaluate_flow
 

@@ -7,8 +7,6 @@ Deployment entrypoints (flows/prefect.yaml): gpucnn/flows/pipeline.py:train_flow
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +18,70 @@ from gpucnn.flows.tasks import download_dataset, evaluate_model, prepare_data, t
 from gpucnn.train import recipe
 from gpucnn.train.checkpoint import load_checkpoint
 from gpucnn.train.config import TrainConfig
-
-# settings that change what a run computes (not where data comes from), hashed into its name
-_LOCATION_ONLY = ("data_dir", "mirrors", "device")
-
-
-def default_run_name(cfg: TrainConfig) -> str:
-    """dataset-model-<8 hex digits of the config>: the same config finds the same folder, so a
-    re-run after a crash resumes instead of starting over."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in _LOCATION_ONLY}
-    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.dataset}-{cfg.model}-{digest}"
+from gpucnn.train.runs import (
+    RunFolder,
+    artifact_key,
+    check_run_name,
+    config_digest,
+    default_run_name,
+    plural,
+)
 
 
 @flow(name="gpucnn-train", log_prints=True)
 def train_flow(
-    config: TrainConfig | None = None, output_dir: str = "runs", run_name: str | None = None
+    config: TrainConfig | None = None,
+    output_dir: str = "runs",
+    run_name: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Download and verify the data, record the split, train with early stopping (resuming a
     crashed run), evaluate on the test set, and leave everything in the run folder.
+
+    The run folder is held for the flow's life (a second run on it fails at once); a run that
+    already finished is reported, not trained or evaluated again; a folder holding a run of
+    another config is refused (``overwrite`` starts it over).
 
     Args:
         config: the run's TrainConfig (a deployment passes its fields as a JSON object, which
             Prefect validates into one; missing fields take the defaults: the article's
             recipe on MNIST).
         output_dir: where run folders are made.
-        run_name: the run folder's name (default: dataset-model-<config hash>).
+        run_name: the run folder's name, one path component (default:
+            dataset-model-<config digest>).
+        overwrite: clear the folder's results and train from scratch.
 
     Returns:
-        The run folder, the training summary and the test metrics.
+        The run folder, the training summary, the test metrics, and ``already_finished``.
     """
     cfg = config if config is not None else TrainConfig()
-    run_dir = Path(output_dir) / (run_name or default_run_name(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    get_run_logger().info("run folder %s", run_dir.resolve())
-    download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
-    prepare_data(cfg, str(run_dir))
-    summary = train_model(cfg, str(run_dir))
-    metrics = evaluate_model(cfg, str(run_dir), summary["best_checkpoint"])
-    return {"run_dir": str(run_dir), **summary, "test": metrics}
+    name = check_run_name(run_name or default_run_name(cfg))
+    folder = RunFolder(Path(output_dir) / name)
+    logger = get_run_logger()
+    with folder.claim():
+        if overwrite:
+            folder.clear()
+        else:
+            folder.check_config(cfg)
+        done = folder.finished()
+        if done is not None:
+            summary, metrics = done["summary"], done["metrics"]
+            logger.info(
+                "run %s already finished (%s, test accuracy %.4f); its results are in %s; "
+                "--overwrite trains it again",
+                name,
+                plural(summary["epochs"], "epoch"),
+                metrics["accuracy"],
+                folder.path.resolve(),
+            )
+            test = {k: metrics.get(k) for k in ("accuracy", "loss", "top3_accuracy", "samples")}
+            return {"run_dir": str(folder.path), **summary, "test": test, "already_finished": True}
+        logger.info("run folder %s", folder.path.resolve())
+        download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
+        prepare_data(cfg, str(folder.path))
+        summary = train_model(cfg, str(folder.path))
+        metrics = evaluate_model(cfg, str(folder.path), summary["best_checkpoint"])
+        return {"run_dir": str(folder.path), **summary, "test": metrics, "already_finished": False}
 
 
 @flow(name="gpucnn-evaluate")
@@ -84,9 +107,9 @@ def evaluate_flow(
         if output_dir
         else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
-    return evaluate_model(cfg, str(run_dir), str(path))
+    with RunFolder(run_dir).claim():  # not while a training run writes there
+        download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
+        return evaluate_model(cfg, str(run_dir), str(path))
 
 
 @task(task_run_name="trial-{run_name}")
@@ -95,15 +118,24 @@ def run_trial(
 ) -> dict[str, Any]:
     """One sweep trial: train and evaluate in its own run folder; returns its table row."""
     run_dir = Path(output_dir) / run_name
-    summary = recipe.train(config, run_dir, resume=True, progress=False)
-    metrics = recipe.evaluate_run(config, run_dir, summary["best_checkpoint"], draw=False)
+    with RunFolder(run_dir).claim():
+        summary = recipe.train(config, run_dir, resume=True, progress=False)
+        metrics = recipe.evaluate_run(config, run_dir, summary["best_checkpoint"], draw=False)
     return {
         "run": run_name,
         **{k: getattr(config, k) for k in swept},
         "best_val_accuracy": summary["best_val_accuracy"],
         "test_accuracy": metrics["accuracy"],
         "epochs": summary["epochs"],
+        "best_epoch": summary["best_epoch"],
     }
+
+
+def trial_name(values: dict[str, Any], config: TrainConfig) -> str:
+    """The swept values and the config's digest: a sweep re-run with another base option
+    trains new trials instead of resuming the old ones."""
+    shown = "-".join(f"{k}={v}" for k, v in values.items()) or "base"
+    return check_run_name(f"{shown}-{config_digest(config)}".replace("/", "_"))
 
 
 @flow(name="gpucnn-sweep")
@@ -116,20 +148,24 @@ def sweep_flow(
     tasks; the flow's task runner decides where they run (threads by default, a Dask cluster
     with ``sweep_flow.with_options(task_runner=DaskTaskRunner(address=...))``).
 
+    Each trial has its own run folder (a finished one is not trained again). Rows are merged
+    into ``output_dir/sweep.json`` (a row per trial folder, this sweep's and earlier ones'),
+    ranked by test accuracy; ``sweep.png`` compares the trials' validation curves.
+
     Returns:
-        One row per trial: the swept values, validation and test accuracy; also written to
-        ``output_dir/sweep.json`` and a table artifact.
+        This sweep's rows, best first: the swept values, validation and test accuracy.
     """
     base = base if base is not None else TrainConfig()
-    trials = expand_grid(grid)
     futures = []
-    for values in trials:
+    for values in expand_grid(grid):
         cfg = base.replace(**values)
-        name = "-".join(f"{k}={v}" for k, v in values.items()) or "base"
-        futures.append(run_trial.submit(cfg, output_dir, name, sorted(values)))
-    rows = [f.result() for f in futures]
-    rows.sort(key=lambda r: -(r["test_accuracy"] or 0))
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    recipe.write_json(Path(output_dir) / "sweep.json", rows)
-    create_table_artifact(table=rows, description="sweep: one row per trial, best first")
+        futures.append(run_trial.submit(cfg, output_dir, trial_name(values, cfg), sorted(values)))
+    rows = sorted((f.result() for f in futures), key=lambda r: -(r["test_accuracy"] or 0))
+    out = Path(output_dir)
+    ranked = recipe.record_sweep(out, rows)
+    create_table_artifact(
+        key="sweep-" + artifact_key(out.name, "trials"),
+        table=ranked,
+        description=f"sweep {out}: one row per trial, best first",
+    )
     return rows

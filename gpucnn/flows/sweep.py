@@ -42,6 +42,28 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
+def ranked_table(rows: list[dict[str, Any]], swept: list[str]) -> str:
+    """The trials as a text table, best test accuracy first."""
+    head = ["rank", *swept, "val acc", "test acc", "epochs", "run"]
+    body = [
+        [
+            str(i + 1),
+            *(str(r.get(k)) for k in swept),
+            "-" if r.get("best_val_accuracy") is None else f"{r['best_val_accuracy']:.4f}",
+            "-" if r.get("test_accuracy") is None else f"{r['test_accuracy']:.4f}",
+            str(r.get("epochs")),
+            str(r.get("run")),
+        ]
+        for i, r in enumerate(sorted(rows, key=lambda r: -(r.get("test_accuracy") or 0)))
+    ]
+    widths = [max(len(row[j]) for row in (head, *body)) for j in range(len(head))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m gpucnn.flows.sweep",
@@ -61,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run trials on this Dask scheduler (needs prefect-dask)",
     )
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON, not a table")
     add_config_options(ap)
     args = ap.parse_args(argv)
 
@@ -84,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 ) from exc
             flow = sweep_flow.with_options(task_runner=DaskTaskRunner(address=args.dask_address))
         rows = flow(grid=grid, base=base, output_dir=args.output_dir)
-        print(json.dumps(rows, indent=1))
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            print(ranked_table(rows, sorted(grid)))
+            print(f"\nall trials, ranked: {args.output_dir}/sweep.json; curves: sweep.png")
 
     return run_cli(body)
 

@@ -1,6 +1,7 @@
 """The pipeline's tasks. Each is a short call into gpucnn taking paths and configs (never
 arrays: Prefect hashes task inputs). Only the download retries, and only on transient network
-failures; typed errors (bad data, a NaN loss, a bad checkpoint) fail at once.
+failures; typed errors (bad data, a NaN loss, a bad checkpoint) fail at once. Artifacts carry
+stable keys per run, so a re-run updates them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.tasks import exponential_backoff
 
 from gpucnn import data
-from gpucnn.data.fetch import RetryPolicy
 from gpucnn.train import recipe
 from gpucnn.train.callbacks import Callback
 from gpucnn.train.config import TrainConfig
+from gpucnn.train.runs import artifact_key, plural
 
 
 def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -37,17 +37,21 @@ def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_jitter_factor=0.5,
+    retries=1,
+    retry_delay_seconds=10,
     retry_condition_fn=retry_transient_only,
     task_run_name="download-{dataset}",
 )
 def download_dataset(
     dataset: str, data_dir: str | None = None, mirrors: list[str] | None = None
 ) -> dict[str, str]:
-    """Fetch and verify the dataset's files; one try per mirror (Prefect does the retrying)."""
-    paths = data.download(dataset, data_dir, mirrors, retry=RetryPolicy(attempts=1))
+    """Fetch and verify the dataset's files.
+
+    data.download retries transient failures itself, under one deadline, and counts its
+    attempts in its error; Prefect retries the task once more when every mirror failed for
+    reasons that may pass (a network that comes back), never after a checksum failure.
+    """
+    paths = data.download(dataset, data_dir, mirrors)
     get_run_logger().info("%s verified in %s", dataset, Path(paths["train_images"]).parent)
     return {k: str(v) for k, v in paths.items()}
 
@@ -68,6 +72,7 @@ class ProgressArtifact(Callback):
 
     def on_train_begin(self, trainer: Any) -> None:
         self.id = create_progress_artifact(
+            key=artifact_key(self.run_name, "progress"),
             progress=100.0 * trainer.epoch / self.epochs,
             description=f"{self.run_name}: epochs completed (of at most {self.epochs})",
         )
@@ -88,8 +93,8 @@ def train_model(config: TrainConfig, run_dir: str) -> dict[str, Any]:
         extra_callbacks=(ProgressArtifact(config.epochs, Path(run_dir).name),),
     )
     get_run_logger().info(
-        "trained %d epochs; best val accuracy %.4f (epoch %d)",
-        summary["epochs"],
+        "trained %s; best val accuracy %.4f (epoch %d)",
+        plural(summary["epochs"], "epoch"),
         summary["best_val_accuracy"] or float("nan"),
         summary["best_epoch"],
     )
@@ -116,6 +121,7 @@ def evaluate_model(config: TrainConfig, run_dir: str, checkpoint: str) -> dict[s
     run = Path(run_dir)
     metrics = recipe.evaluate_run(config, run, checkpoint)
     create_table_artifact(
+        key=artifact_key(run.name, "per-class-accuracy"),
         table=[
             {"class": c, "accuracy": round(a, 4)} for c, a in metrics["per_class_accuracy"].items()
         ],
@@ -124,6 +130,7 @@ def evaluate_model(config: TrainConfig, run_dir: str, checkpoint: str) -> dict[s
     history_path = run / "history.json"
     curve = _epoch_table(json.loads(history_path.read_text())) if history_path.exists() else ""
     create_markdown_artifact(
+        key=artifact_key(run.name, "summary"),
         markdown=(
             f"# {run.name}\n\n**test accuracy {metrics['accuracy']:.4f}** "
             f"(loss {metrics['loss']:.4f}, top-3 {metrics['top3_accuracy']:.4f}, "

@@ -7,8 +7,10 @@
 Runs as a Prefect flow against Prefect's own local API (an ephemeral SQLite server; nothing
 to start), or against the server PREFECT_API_URL names. Everything lands in a run folder
 (--output-dir/<run name>): config.json, data.json, checkpoints/, history.json, metrics.json,
-plots/. Running the same command again resumes a crashed run from its last checkpoint; a
-finished run is not trained again (--no-resume starts over).
+plots/. Running the same command again resumes a crashed run from its last checkpoint and
+reports a finished one without training or evaluating it again; a folder holding a run of
+another config is refused (--overwrite starts it over). One process at a time owns a run
+folder. --limit shrinks the training data only: test metrics are always on the whole test set.
 """
 
 from __future__ import annotations
@@ -45,7 +47,13 @@ def parser() -> argparse.ArgumentParser:
         "--resume",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="continue a crashed run / skip a finished one (default: on)",
+        help="continue a crashed run / report a finished one (default: on); --no-resume is "
+        "--overwrite",
+    )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="clear the run folder's checkpoints and results and train from scratch",
     )
     return ap
 
@@ -54,21 +62,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def body() -> None:
-        config = config_from(args)  # every value checked before Prefect starts
-        if config.device == "cuda":
-            get_backend("cuda")  # a missing GPU or CuPy fails here, not inside the flow
-        prepare_prefect_env()
         from pathlib import Path
 
-        from gpucnn.flows.pipeline import default_run_name, train_flow
+        from gpucnn.train.runs import RunFolder, check_run_name, default_run_name, plural
 
-        quiet_expected_tracebacks()
-        name = args.run_name or default_run_name(config)
-        if not args.resume:
-            for stale in ("summary.json", "checkpoints/last.npz"):
-                (Path(args.output_dir) / name / stale).unlink(missing_ok=True)
-        result = train_flow(config=config, output_dir=args.output_dir, run_name=name)
+        # everything that can be wrong with the request fails here, before Prefect starts
+        config = config_from(args)
+        if config.device == "cuda":
+            get_backend("cuda")  # a missing GPU or CuPy fails now, not inside the flow
+        name = check_run_name(args.run_name or default_run_name(config))
+        overwrite = args.overwrite or not args.resume
+        folder = RunFolder(Path(args.output_dir) / name)
+        if not overwrite:
+            folder.check_config(config)
+        with folder.claim():  # held until the flow ends; another process fails at once
+            prepare_prefect_env()
+            from gpucnn.flows.pipeline import train_flow
+
+            quiet_expected_tracebacks()
+            result = train_flow(
+                config=config, output_dir=args.output_dir, run_name=name, overwrite=overwrite
+            )
         test = result["test"]
+        if result["already_finished"]:
+            print(
+                f"run {result['run_dir']} already finished: {plural(result['epochs'], 'epoch')}, "
+                f"best epoch {result['best_epoch']}, test accuracy {test['accuracy']:.4f}; "
+                f"its results are in {result['run_dir']} (--overwrite trains it again)",
+                file=sys.stderr,
+            )
         print(
             json.dumps(
                 {
@@ -77,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     "best_epoch": result["best_epoch"],
                     "test_accuracy": test["accuracy"],
                     "test_loss": test["loss"],
+                    "already_finished": result["already_finished"],
                 }
             )
         )

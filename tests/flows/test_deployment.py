@@ -142,7 +142,7 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
             out.stdout + worker_log[-3000:]
         )
         metrics = json.loads((runs / "deployed" / "metrics.json").read_text())
-        assert metrics["samples"] == 100 and 0.0 <= metrics["accuracy"] <= 1.0
+        assert metrics["samples"] == 10000 and 0.0 <= metrics["accuracy"] <= 1.0
         assert (runs / "deployed" / "checkpoints" / "best.npz").exists()
     finally:
         for p in reversed(procs):

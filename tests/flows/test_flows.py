@@ -41,23 +41,31 @@ def test_train_flow_leaves_a_complete_run_folder(quick, tmp_path):
     ):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["samples"] == 250 and 0.5 < metrics["accuracy"] <= 1.0
-    assert np.array(metrics["confusion_matrix"]).sum() == 250
+    # --limit shrinks the training data only: the test set is whole
+    assert metrics["samples"] == 10000 and 0.5 < metrics["accuracy"] <= 1.0
+    assert np.array(metrics["confusion_matrix"]).sum() == 10000
     info = json.loads((run / "data.json").read_text())
-    assert info["counts"] == {"train": 1200, "val": 300, "test": 250}
+    assert info["counts"] == {"train": 1200, "val": 300, "test": 10000}
     history = json.loads((run / "history.json").read_text())
     assert history["epoch"] == [1, 2]
     pytest.importorskip("matplotlib")
     for png in ("curves", "confusion_matrix", "predictions", "feature_maps"):
         assert (run / "plots" / f"{png}.png").stat().st_size > 1000
     with get_client(sync_client=True) as client:
-        kinds = {a.type for a in client.read_artifacts()}
-    assert {"table", "markdown", "progress"} <= kinds
+        artifacts = client.read_artifacts()
+    assert {"table", "markdown", "progress"} <= {a.type for a in artifacts}
+    name = run.name.lower()
+    assert {f"{name}-summary", f"{name}-per-class-accuracy", f"{name}-progress"} <= {
+        a.key for a in artifacts
+    }
+    assert (run / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
 
-    # the same config again: the finished run is found and not trained again
+    # the same config again: the finished run is reported, not trained or evaluated again
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     again = train_flow(config=quick, output_dir=str(tmp_path / "runs"))
-    assert again["run_dir"] == result["run_dir"]
-    assert json.loads((run / "history.json").read_text()) == history
+    assert again["run_dir"] == result["run_dir"] and again["already_finished"]
+    assert again["test"]["accuracy"] == metrics["accuracy"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == stamps
 
 
 @pytest.mark.slow
@@ -92,7 +100,7 @@ def test_download_task_retries_a_server_that_fails_twice(tmp_path, monkeypatch):
             return download_dataset("tinyflow", str(tmp_path), [server.url + "/m/"])
 
         paths = fetch()
-        assert server.hits[path] == 3  # one try per run: the two retries were Prefect's
+        assert server.hits[path] == 3  # data.download retried the two 5xx itself
     _, labels = data.load("tinyflow", root=tmp_path, download=False)
     np.testing.assert_array_equal(labels, ds.arrays["train_labels"])
     assert set(paths) == set(ds.files)
