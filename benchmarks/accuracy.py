@@ -3,8 +3,9 @@
     python benchmarks/accuracy.py --recipe article       # seed model, the article's recipe
     python benchmarks/accuracy.py --recipe augmented     # + BatchNorm, dropout, rotation/shift
 
-Targets (issue #5): article >= 99.2% test accuracy, augmented >= 99.5%. Results are written to
-benchmarks/results/accuracy-<recipe>.md with the machine, the command and the per-epoch curve.
+Targets (issue #5): article >= 99.2% test accuracy, augmented >= 99.5%. The report (machine,
+command, per-epoch curve) goes to runs/accuracy-<recipe>[-<tag>].md, or --out; --record writes
+it to benchmarks/results/ instead, replacing the committed result (only when you mean to).
 Needs the dataset (downloaded, or --mirror a loopback copy); runs on the CPU by default.
 """
 
@@ -46,7 +47,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--mirror", action="append", default=None, help="dataset URL prefix")
     ap.add_argument("--run-dir", default=None, help="default: runs/accuracy-<recipe>")
-    ap.add_argument("--out", default=None, help="results markdown (default benchmarks/results/)")
+    ap.add_argument("--out", default=None, help="report file (default: runs/accuracy-<recipe>.md)")
+    ap.add_argument(
+        "--record",
+        action="store_true",
+        help="write the report to benchmarks/results/ (replacing the committed one)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -97,7 +103,9 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     name = f"accuracy-{args.recipe}{'-' + args.tag if args.tag else ''}.md"
-    out = Path(args.out or Path(__file__).parent / "results" / name)
+    folder = Path(__file__).parent / "results" if args.record else Path("runs")
+    out = Path(args.out or folder / name)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
 

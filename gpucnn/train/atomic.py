@@ -34,10 +34,13 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], keep_previous: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PART}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a full disk names the file it could not write
+            raise OSError(exc.errno, f"{exc.strerror} (writing {path}; it is unchanged)") from exc
         faults.point(f"{path.name}:written")
         if keep_previous and path.exists():
             os.replace(path, previous(path))

@@ -174,3 +174,45 @@ def test_bad_values_fail_at_once_before_anything_starts(tmp_path, args, message)
     assert message in out.stderr
     assert len([line for line in out.stderr.splitlines() if line.startswith("error:")]) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "two\nlines"])
+def test_a_run_name_must_stay_inside_the_output_folder(tmp_path, name):
+    out = run("-m", "gpucnn.flows.train", "--run-name", name, "--output-dir", str(tmp_path / "o"))
+    assert out.returncode == 1
+    assert "is not a folder name" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_in_use_fails_at_once_naming_its_holder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time\nfrom gpucnn.train.runs import RunFolder\n"
+         f"with RunFolder({str(tmp_path / 'runs' / 'r1')!r}).claim():\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.perf_counter()
+        out = run("-m", "gpucnn.flows.train", "--run-name", "r1", "--output-dir",
+                  str(tmp_path / "runs"), env={"PREFECT_HOME": str(tmp_path / "p")})  # fmt: skip
+        assert time.perf_counter() - t0 < 15
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 1
+    assert f"is in use by process {holder.pid} on " in out.stderr
+    assert not (tmp_path / "p").exists()  # Prefect never started
+
+
+def test_resuming_a_run_with_another_config_fails_at_once_naming_the_fields(tmp_path):
+    from gpucnn.train.atomic import write_json
+    from gpucnn.train.config import TrainConfig
+
+    write_json(tmp_path / "runs" / "r1" / "config.json", TrainConfig(limit=2000).to_dict())
+    out = run("-m", "gpucnn.flows.train", "--run-name", "r1", "--limit", "2000", "--lr", "0.05",
+              "--output-dir", str(tmp_path / "runs"))  # fmt: skip
+    assert out.returncode == 1
+    assert "lr 0.001 there, 0.05 now" in out.stderr and "--overwrite" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "r1").iterdir()) == ["config.json"]

@@ -152,3 +152,21 @@ def test_resuming_with_another_config_names_the_differing_fields(tmp_path):
     folder.check_config(TrainConfig(lr=1e-3, limit=2000, epochs=9, device="cpu"))  # resumable
     with pytest.raises(RunFolderError, match=r"lr 0.001 there, 0.05 now; limit 2000 there, 100"):
         folder.check_config(TrainConfig(lr=0.05, limit=100))
+
+
+def test_a_full_disk_names_the_file_and_leaves_it_intact(tmp_path):
+    import errno
+
+    from gpucnn.train.atomic import write_atomic
+
+    target = tmp_path / "history.json"
+    target.write_text("old")
+
+    def full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=rf"No space left on device \(writing {target}; it is"):
+        write_atomic(target, full)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
