@@ -1,4 +1,19 @@
-"""Command-line plumbing shared by the flow entry points; imports no Prefect until a flow runs."""
+"""Command-line plumbing shared by the flow entry points; imports no Prefect until a flow runs.
+
+Prefect's API. Unless PREFECT_API_URL (or the active Prefect profile) names a server,
+:func:`prepare_prefect_env` starts Prefect's local API server as a child of this process that
+cannot outlive it (gpucnn.flows.local_api). With PREFECT_API_URL set, nothing is started.
+
+Signals. SIGINT (Ctrl-C, to this process or its whole process group) and SIGTERM end a run
+alike: Prefect marks the flow run crashed, one line says "interrupted; re-run the same
+command to resume from the last checkpoint", and the exit status is 128 + the signal: 130
+for SIGINT, 143 for SIGTERM. The process is gone within EXIT_DEADLINE_S (3.5 s) of the signal
+whatever is still running (a sweep's trial threads, a log flush); a second signal ends it
+at once.
+
+Logs: gpucnn's INFO lines (epochs, the device, early stopping, learning-rate changes,
+resuming) go to Prefect's run logs and console; see gpucnn.logs.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +22,15 @@ import dataclasses
 import itertools
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from gpucnn.flows import local_api
+from gpucnn.logs import show_info
 from gpucnn.train.config import TrainConfig, field_types
 
 GROUPS = {"run": "run", "where": "where the data comes from"}
@@ -68,12 +88,17 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def prepare_prefect_env() -> None:
-    """Telemetry off, gpucnn's log lines in Prefect's logs; the local API is Prefect's
-    ephemeral server (SQLite) unless PREFECT_API_URL names a server. The ephemeral server
-    gets 90 s to start (Prefect's 20 s is short on a busy 2-core machine)."""
+    """Telemetry off, gpucnn's INFO lines in Prefect's logs (the ``gpucnn`` logger is attached
+    to them and set to INFO), and an API: the server PREFECT_API_URL names, or Prefect's local
+    server started by :func:`start_local_api`. The local server gets 90 s to start (Prefect's
+    20 s is short on a busy 2-core machine)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gpucnn")
+    extra = [n for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n]
+    if "gpucnn" not in extra:
+        os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join([*extra, "gpucnn"])
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    show_info()
+    local_api.start_local_api()
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -110,21 +135,89 @@ def quiet_expected_tracebacks() -> None:
             handler.addFilter(_NoTracebackForExpected())
 
 
+INTERRUPTED = "interrupted; re-run the same command to resume from the last checkpoint"
+EXIT_DEADLINE_S = 3.5  # after SIGINT or SIGTERM the process is gone within this
+
+_received: int | None = None  # the signal that interrupted run_cli's body
+_said = threading.Event()  # the line was printed
+_saying = threading.RLock()  # reentrant: a second signal may arrive while the line is printed
+
+
+def _say_interrupted() -> None:
+    with _saying:
+        if not _said.is_set():
+            _said.set()
+            print(INTERRUPTED, file=sys.stderr, flush=True)
+
+
+def _exit_now() -> None:
+    """Leave at once: the one line, the local server told to stop, exit status 128 + signal."""
+    _say_interrupted()
+    local_api.terminate()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(128 + (_received or signal.SIGINT))
+
+
+def _exit_by_deadline() -> None:
+    time.sleep(EXIT_DEADLINE_S)
+    _exit_now()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _received
+    if _received is not None:  # a second signal: no more waiting
+        _exit_now()
+    _received = signum
+    threading.Thread(target=_exit_by_deadline, name="gpucnn-exit-deadline", daemon=True).start()
+    raise KeyboardInterrupt
+
+
+def _interrupt_code(exc: BaseException) -> int | None:
+    """128 + the signal when ``exc`` ends an interrupted run (whatever Prefect turned the
+    interrupt into), else None."""
+    if _received is not None:
+        return 128 + _received
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if any(c.__name__ == "TerminationSignal" for c in type(exc).__mro__):  # Prefect's SIGTERM
+        return 128 + getattr(exc, "signal", signal.SIGTERM)
+    return None
+
+
 def run_cli(body: Callable[[], Any]) -> int:
-    """Run ``body``; expected failures print one line and exit 1, never a traceback."""
+    """Run ``body``; expected failures print one line and exit 1, never a traceback.
+
+    SIGINT and SIGTERM interrupt it alike: one line (:data:`INTERRUPTED`), exit status 130
+    for SIGINT and 143 for SIGTERM (128 + the signal, as a shell reports a process a signal
+    ended), the process gone within :data:`EXIT_DEADLINE_S` of the signal; a second signal
+    ends it at once."""
+    global _received
+    _received = None
+    _said.clear()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         body()
-    except expected_errors() as exc:
+    except BaseException as exc:
+        code = _interrupt_code(exc)
+        if code is not None:
+            _say_interrupted()
+            return code
+        if not isinstance(exc, expected_errors()):
+            raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {type(exc).__name__}: {reason}", file=sys.stderr)
         details = str(exc).splitlines()[1:]
         for line in details[:6]:
             print(f"  {line.strip()}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "interrupted; re-run the same command to resume from the last checkpoint",
-            file=sys.stderr,
-        )
-        return 130
+    finally:
+        if _received is None:  # after a signal, a second one must still end the process
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return 0

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpucnn.optim import Improvement, ReduceLROnPlateau
+from gpucnn.train.runs import plural
 
 if TYPE_CHECKING:
     from gpucnn.train.checkpoint import Checkpoint
@@ -109,7 +110,7 @@ class EarlyStopping(Callback):
             trainer.stop_training = True
             trainer.log(
                 f"early stopping at epoch {epoch + 1}: {self.monitor} has not improved on "
-                f"{self.best:.5g} (epoch {self.best_epoch + 1}) for {self.wait} epochs"
+                f"{self.best:.5g} (epoch {self.best_epoch + 1}) for {plural(self.wait, 'epoch')}"
             )
 
     def on_train_end(self, trainer: Trainer) -> None:

@@ -1,4 +1,12 @@
-"""Progress: a one-line bar on a terminal, plain log lines elsewhere (CI, files, Prefect)."""
+"""Progress: a one-line bar on a terminal, and one log line per epoch everywhere.
+
+Each epoch's summary (epoch, losses, accuracies, lr, time, images/s) is one INFO line on the
+``gpucnn.train`` logger, like the Trainer's other messages (early stopping, learning-rate
+changes, resuming), so it reaches every sink exactly once: a terminal, a file or a pipe, and
+Prefect's run logs (see :mod:`gpucnn.logs` for who prints it). When the stream is a terminal a
+bar is drawn during the epoch and erased before the line is logged; in a file or a pipe there
+is no bar and no control character (no ``\\r``, no escape sequence).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,18 @@ import sys
 import time
 from typing import TextIO
 
+from gpucnn.logs import ensure_sink
+
 log = logging.getLogger("gpucnn.train")
 
 
 class Progress:
-    """A per-epoch progress bar.
+    """A per-epoch progress bar and the epoch's log line.
 
     Args:
-        enabled: draw anything at all.
+        enabled: draw and log anything at all. When on, gpucnn's INFO lines are made
+            visible (:func:`gpucnn.logs.ensure_sink`: a stderr handler when nothing else
+            handles them, never a second one).
         stream: where the bar goes (default stderr); a bar is drawn only when it is a TTY.
     """
 
@@ -23,6 +35,9 @@ class Progress:
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.enabled = enabled
         self.total, self.desc, self.start = 0, "", 0.0
+        self.drawn = False
+        if enabled:
+            ensure_sink()
 
     def begin(self, desc: str, total: int) -> None:
         self.desc, self.total, self.start = desc, total, time.perf_counter()
@@ -37,13 +52,16 @@ class Progress:
         bar = "#" * filled + "." * (width - filled)
         self.stream.write(f"\r{self.desc} [{bar}] {done}/{self.total} {note} eta {eta:4.0f}s ")
         self.stream.flush()
+        self.drawn = True
 
-    def end(self, summary: str) -> None:
-        if self.tty:
+    def clear(self) -> None:
+        """Erase the bar (if one is drawn) so that a log line starts on a clean line."""
+        if self.drawn:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
+            self.drawn = False
+
+    def end(self, summary: str) -> None:
+        self.clear()
         if self.enabled:
             log.info("%s", summary)
-            if self.tty:
-                self.stream.write(summary + "\n")
-                self.stream.flush()

@@ -74,6 +74,7 @@ class Trainer:
         progress: bool = True,
         workers: int | None = None,
     ) -> None:
+        self.progress = Progress(progress)  # first: the lines below may log (device, malloc)
         self.backend = get_backend(device)
         self.backend.prepare()
         if workers is not None and (isinstance(workers, bool) or workers < 1):
@@ -88,7 +89,6 @@ class Trainer:
         self.log_every = max(1, int(log_every))
         self.history_path = Path(history_path) if history_path is not None else None
         self.config = dict(config or {})
-        self.progress = Progress(progress)
         self.epoch = 0  # epochs completed
         self.global_step = 0
         self.stop_training = False
