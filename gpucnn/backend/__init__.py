@@ -88,7 +88,9 @@ def _cuda_missing() -> str | None:
             "install the 'gpu' extra (CUDA 13) or 'gpu-cuda12' (CUDA 12)"
         )
     try:
-        from numba import cuda
+        from gpucnn.backend.numba_cuda import cuda
+    except BackendUnavailableError as exc:
+        return str(exc)
     except Exception as exc:
         return f"numba.cuda is not importable ({type(exc).__name__}: {exc})"
     try:

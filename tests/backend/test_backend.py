@@ -57,3 +57,25 @@ def test_import_needs_numpy_alone():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_numba_cuda_that_needs_an_older_numpy_names_the_fix(monkeypatch):
+    from gpucnn.backend import numba_cuda
+
+    def broken():
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+
+    monkeypatch.setattr(numba_cuda, "_import_cuda", broken)
+    with pytest.raises(BackendUnavailableError, match=r"needs numpy<2.5; pip install 'numpy<2.5'"):
+        numba_cuda.load()
+
+
+def test_every_cuda_kernel_file_takes_numba_cuda_from_one_module():
+    from pathlib import Path
+
+    import gpucnn.backend
+
+    folder = Path(gpucnn.backend.__file__).parent
+    for path in (folder / "cuda").glob("*.py"):
+        text = path.read_text()
+        assert "from numba import cuda" not in text and "import numba.cuda" not in text, path

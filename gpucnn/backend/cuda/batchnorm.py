@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda
-
 from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, flat
+from gpucnn.backend.numba_cuda import cuda
 
 
 @cuda.jit(cache=True)

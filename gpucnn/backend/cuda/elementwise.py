@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import cuda
 
 from gpucnn.backend import formulas
 from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, flat
+from gpucnn.backend.numba_cuda import cuda
 
 _relu = cuda.jit(device=True)(formulas.relu_element)
 _relu_grad = cuda.jit(device=True)(formulas.relu_grad_element)

@@ -7,10 +7,9 @@ dtype: no float64 literal.
 
 from __future__ import annotations
 
-from numba import cuda
-
 from gpucnn.backend import formulas
 from gpucnn.backend.cuda.launch import THREADS, array_module, blocks
+from gpucnn.backend.numba_cuda import cuda
 
 _adam_element = cuda.jit(device=True)(formulas.adam_element)
 _sgd_element = cuda.jit(device=True)(formulas.sgd_element)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import cuda
 
 from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, flat, out_size
+from gpucnn.backend.numba_cuda import cuda
 
 
 @cuda.jit(cache=True)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from numba import cuda
-
 from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, out_size
+from gpucnn.backend.numba_cuda import cuda
 
 
 @cuda.jit(cache=True)
