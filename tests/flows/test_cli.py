@@ -185,22 +185,13 @@ def test_a_run_name_must_stay_inside_the_output_folder(tmp_path, name):
 
 
 def test_a_run_folder_in_use_fails_at_once_naming_its_holder(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time\nfrom gpucnn.train.runs import RunFolder\n"
-         f"with RunFolder({str(tmp_path / 'runs' / 'r1')!r}).claim():\n"
-         "    print('held', flush=True); time.sleep(60)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    from tests.processes import folder_held_elsewhere
+
+    with folder_held_elsewhere(tmp_path / "runs" / "r1") as holder:
         t0 = time.perf_counter()
         out = run("-m", "gpucnn.flows.train", "--run-name", "r1", "--output-dir",
                   str(tmp_path / "runs"), env={"PREFECT_HOME": str(tmp_path / "p")})  # fmt: skip
         assert time.perf_counter() - t0 < 15
-    finally:
-        holder.kill()
-        holder.wait()
     assert out.returncode == 1
     assert f"is in use by process {holder.pid} on " in out.stderr
     assert not (tmp_path / "p").exists()  # Prefect never started

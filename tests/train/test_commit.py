@@ -6,7 +6,6 @@ Corrupt or poisoned checkpoints fall back to the previous good one."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,15 +15,11 @@ import numpy as np
 import pytest
 
 from gpucnn.train.checkpoint import load_checkpoint
+from tests.processes import DETERMINISTIC_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
-    **os.environ,
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "NUMBA_NUM_THREADS": "1",
+    **DETERMINISTIC_ENV,
     "GPUCNN_DATA_MIRROR": "",
 }
 TIMING = ("elapsed_s", "images_per_s", "train_time_s")

@@ -3,7 +3,6 @@ weights, bit for bit, as a run that was never interrupted (CPU, fixed threads)."
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,16 +13,10 @@ import numpy as np
 import pytest
 
 from gpucnn.train import load_checkpoint
+from tests.processes import DETERMINISTIC_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {
-    **os.environ,
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "NUMBA_NUM_THREADS": "1",
-}
+ENV = DETERMINISTIC_ENV
 EPOCHS = 4
 
 

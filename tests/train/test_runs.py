@@ -4,8 +4,6 @@ last.npz, one owner per folder, one config per folder, names that stay inside th
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from gpucnn.train import (
 from gpucnn.train.atomic import previous
 from gpucnn.train.config import TrainConfig
 from gpucnn.train.runs import RunFolder, RunFolderError, check_run_name
+from tests.processes import folder_held_elsewhere
 from tests.train.test_trainer import blobs, loaders, small_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,23 +115,12 @@ def test_run_names_are_single_visible_path_components(name):
 
 
 def test_a_second_process_cannot_claim_a_folder_in_use(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom gpucnn.train.runs import RunFolder\n"
-         f"with RunFolder({str(tmp_path / 'r')!r}).claim():\n"
-         "    print('held', flush=True); time.sleep(60)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with folder_held_elsewhere(tmp_path / "r") as holder:
         t0 = time.perf_counter()
         with pytest.raises(RunFolderError, match=f"in use by process {holder.pid} on "):
             with RunFolder(tmp_path / "r").claim():
                 pass
         assert time.perf_counter() - t0 < 1
-    finally:
-        holder.kill()
-        holder.wait()
     with RunFolder(tmp_path / "r").claim():  # the kernel dropped the dead holder's lock
         pass
 
