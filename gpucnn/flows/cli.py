@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -118,13 +119,36 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _expected_names() -> set[str]:
+    """Class names of the expected errors and of every subclass defined so far."""
+    names, todo = set(), list(expected_errors())
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ not in names:
+            names.add(cls.__name__)
+            todo.extend(cls.__subclasses__())
+    return names
+
+
 class _NoTracebackForExpected(logging.Filter):
-    """Prefect logs a failed task or flow with its traceback; for an expected error the
-    message already names it, so the traceback is dropped from the console."""
+    """Keeps an expected failure off the console until the command's own last line.
+
+    Prefect logs a failed task or flow several times (the task's failure, its final state,
+    the flow's, each with the exception's text, some with a traceback); the command then
+    prints the error once, in one line. So Prefect's records about an expected error are
+    dropped from the console (they still reach Prefect's API, where the run's logs keep
+    them); records about any other error keep everything, traceback included."""
+
+    _about = re.compile(r"\b(\w+(?:Error|Exception))\b[(:]")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], expected_errors()):
-            record.exc_info, record.exc_text = None, None
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return not isinstance(exc, expected_errors())
+        if record.name.startswith("prefect") and record.levelno >= logging.INFO:
+            match = self._about.search(record.getMessage())
+            if match and match.group(1) in _expected_names():
+                return False
         return True
 
 

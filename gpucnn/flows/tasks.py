@@ -7,6 +7,7 @@ stable keys per run, so a re-run updates them.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,20 @@ from gpucnn.train.callbacks import Callback
 from gpucnn.train.config import TrainConfig
 from gpucnn.train.runs import artifact_key, plural
 
+DOWNLOAD_RETRY_DELAY_S = 10
+
 
 def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a failed download only when every mirror failed for reasons that may pass."""
     try:
         state.result()
     except data.DownloadError as exc:
+        if exc.transient:
+            logging.getLogger("gpucnn.flows").warning(
+                "every mirror failed for reasons that may pass; trying the download once more "
+                "in %d s",
+                DOWNLOAD_RETRY_DELAY_S,
+            )
         return exc.transient
     except Exception:
         return False
@@ -38,7 +47,7 @@ def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(
     retries=1,
-    retry_delay_seconds=10,
+    retry_delay_seconds=DOWNLOAD_RETRY_DELAY_S,
     retry_condition_fn=retry_transient_only,
     task_run_name="download-{dataset}",
 )

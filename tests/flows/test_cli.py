@@ -104,6 +104,8 @@ def test_expected_failure_is_one_line_not_a_traceback(tmp_path):
     assert "Traceback" not in out.stderr.split("error:")[-1]
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert lines and lines[0].startswith("error: DownloadError: could not download"), out.stderr
+    assert out.stderr.count("could not download") == 1, out.stderr  # said once, at the end
+    assert "GPUCNN_DATA_MIRROR" in out.stderr and "--data-dir" in out.stderr  # the way out
 
 
 def test_evaluate_missing_checkpoint_is_one_line(tmp_path):
