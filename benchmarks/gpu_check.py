@@ -41,6 +41,12 @@ SEED_WINDOW_SHAPES = [  # (N, C, H, W, k, stride, pad): the seed model's convs a
     (64, 64, 14, 14, 2, 2, 0),
 ]
 
+POOL_TIMING_SHAPES = [  # part (b) only: the seed model's pools at batch 512, overlapping windows
+    (512, 32, 28, 28, 2, 2, 0),
+    (512, 64, 14, 14, 2, 2, 0),
+    (64, 64, 56, 56, 3, 2, 1),  # ResNet's stem pool: max-pool backward with atomic adds
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -213,10 +219,11 @@ def kernel_timings(lines: list[str]) -> None:
         "|---|---:|---:|---:|",
     ]
     g = np.random.default_rng(0)
-    for n, c, h, w, k, s, p in SEED_WINDOW_SHAPES:
+    cases = [("conv" if sh[4] == 3 else "pool", sh) for sh in SEED_WINDOW_SHAPES]
+    for kind, (n, c, h, w, k, s, p) in cases + [("pool", sh) for sh in POOL_TIMING_SHAPES]:
         x = cupy.asarray(g.standard_normal((n, c, h, w)).astype(np.float32))
         xt = torch.as_tensor(x, device="cuda").requires_grad_(True)
-        if k == 3:
+        if kind == "conv":
             f = 32 if c == 1 else 64
             wt = cupy.asarray(g.standard_normal((f, c, k, k)).astype(np.float32))
             b = cupy.zeros(f, np.float32)
@@ -243,7 +250,8 @@ def kernel_timings(lines: list[str]) -> None:
                 y = torch.nn.functional.max_pool2d(xt, k, s, p)
                 y.backward(torch.ones_like(y))
 
-            name = f"maxpool {k}x{k} on {c}x{h}x{w}"
+            name = f"maxpool {k}x{k}" + (f"/{s} pad {p}" if (s, p) != (k, 0) else "")
+            name += f" on {c}x{h}x{w}"
         t_ours = synced_median_ms(ours, sync)
         t_ref = synced_median_ms(ref, torch.cuda.synchronize)
         lines.append(f"| {name} (batch {n}) | {t_ours:.3f} | {t_ref:.3f} | {t_ours / t_ref:.2f} |")

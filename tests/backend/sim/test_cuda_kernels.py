@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn.backend import cpu
+from gpucnn.backend import array_module, cpu
 from gpucnn.backend import cuda as gpu
+from gpucnn.backend.cuda import pool as cuda_pool
 
 # (N, C, H, W, k, stride, pad): 210, 198 and 858 elements against 256-thread blocks
 CASES = [
@@ -133,3 +134,89 @@ def test_global_pooling(dev, shape, dtype):
         get(gpu.global_maxpool2d_bwd(put(dy), arg, shape)),
         cpu.global_maxpool2d_bwd(dy, arg_ref, shape),
     )
+
+
+# (N, C, H, W, k, stride, pad) for the pooling backward paths: windows apart (one write per
+# pixel) with rows and columns no window reaches, gaps between windows and padding; then
+# overlapping windows (atomic adds for max). 84 to 280 elements each.
+POOL_CASES = [
+    (2, 2, 7, 9, 2, 2, 0),  # the seed model's pool, odd H and W: the last row/column stay 0
+    (1, 2, 8, 10, 3, 3, 0),  # H, W not multiples of k
+    (1, 2, 8, 7, 3, 3, 1),
+    (1, 2, 9, 11, 2, 3, 0),  # stride > k: a gap between windows
+    (1, 2, 8, 9, 2, 3, 1),
+    (1, 2, 9, 7, 3, 2, 1),  # overlapping
+    (1, 2, 6, 7, 2, 1, 0),
+    (1, 2, 6, 5, 3, 1, 1),
+]
+
+
+class _Poisoned:
+    """An array module whose empty() fills with NaN (-7 for ints): a launcher that leaves any
+    element of a fresh output unwritten shows it."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __getattr__(self, name):
+        return getattr(self.xp, name)
+
+    def empty(self, shape, dtype=float):
+        a = self.xp.empty(shape, dtype=dtype)
+        a.fill(np.nan if np.dtype(dtype).kind == "f" else -7)
+        return a
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "c", "h", "w", "k", "s", "p"), POOL_CASES)
+def test_pooling_backward_paths(dev, monkeypatch, n, c, h, w, k, s, p, dtype):
+    put, get = dev
+    monkeypatch.setattr(cuda_pool, "array_module", lambda a: _Poisoned(array_module(a)))
+    g = np.random.default_rng(4)
+    x = g.integers(0, 3, (n, c, h, w)).astype(dtype)  # ties everywhere: the first max wins
+    x[0, 0, 1, 1] = x[0, 1, h - 1, w - 1] = np.nan  # a NaN wins every window it is in
+    x[-1, -1, 2, 3] = 5.0  # one maximum that wins every window it is in
+    y, arg = gpu.maxpool2d_fwd(put(x), k, s, p)
+    y_ref, arg_ref = cpu.maxpool2d_fwd(x, k, s, p)
+    np.testing.assert_array_equal(get(y), y_ref)
+    np.testing.assert_array_equal(get(arg), arg_ref)
+    dy = g.standard_normal(y_ref.shape).astype(dtype)
+    dx = get(gpu.maxpool2d_bwd(put(dy), arg, x.shape, k, s, p))
+    dx_ref = cpu.maxpool2d_bwd(dy, arg_ref, x.shape, k, s, p)
+    assert not np.isnan(dx).any()
+    if s >= k:  # one write per pixel: the CPU's bits
+        np.testing.assert_array_equal(dx, dx_ref)
+    else:  # atomic adds, in any order
+        np.testing.assert_allclose(dx, dx_ref, **tol(dtype))
+    x = g.standard_normal((n, c, h, w)).astype(dtype)
+    # the CPU scales by a float64 1/k² (Numba promotes), the GPU by the dtype's: rounding apart
+    np.testing.assert_allclose(
+        get(gpu.avgpool2d_fwd(put(x), k, s, p)), cpu.avgpool2d_fwd(x, k, s, p), **tol(dtype)
+    )
+    np.testing.assert_allclose(
+        get(gpu.avgpool2d_bwd(put(dy), x.shape, k, s, p)),
+        cpu.avgpool2d_bwd(dy, x.shape, k, s, p),
+        **tol(dtype),
+    )
+
+
+def test_maxpool_backward_sums_a_shared_winner(dev):
+    put, get = dev
+    x = np.zeros((1, 1, 5, 5), np.float32)
+    x[0, 0, 2, 2] = 1.0  # wins all nine 3×3 windows (stride 1, pad 1) that contain it
+    _, arg = gpu.maxpool2d_fwd(put(x), 3, 1, 1)
+    dy = np.full((1, 1, 5, 5), 0.5, np.float32)
+    dx = get(gpu.maxpool2d_bwd(put(dy), arg, x.shape, 3, 1, 1))
+    np.testing.assert_array_equal(dx, cpu.maxpool2d_bwd(dy, get(arg), x.shape, 3, 1, 1))
+    assert dx[0, 0, 2, 2] == 4.5
+
+
+def test_pooling_backward_checks_its_arguments(dev):
+    put, _ = dev
+    dy = put(np.zeros((1, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"maxpool2d_bwd: expected dy of shape \(1, 1, 2, 2\)"):
+        gpu.maxpool2d_bwd(dy, put(np.zeros((1, 1, 3, 3), np.int32)), (1, 1, 4, 4), 2, 2, 0)
+    with pytest.raises(ValueError, match="maxpool2d_bwd: expected an int32 argmax"):
+        gpu.maxpool2d_bwd(dy, put(np.zeros((1, 1, 3, 3), np.int64)), (1, 1, 6, 6), 2, 2, 0)
+    with pytest.raises(ValueError, match=r"avgpool2d_bwd: expected dy of shape \(1, 1, 4, 4\)"):
+        gpu.avgpool2d_bwd(dy, (1, 1, 4, 4), 1, 1, 0)
