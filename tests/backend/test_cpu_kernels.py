@@ -117,3 +117,37 @@ def test_general_max_pool_padding_never_wins_and_the_first_nan_does():
     assert np.isnan(y[0, 0, 1, 1]) and arg[0, 0, 1, 1] == 1 * 3 + 2
     dx = pool.maxpool2d_bwd(np.ones_like(y), arg, x.shape, 3, 2, 1)
     assert dx[0, 0, 2, 3] == 1 and dx[0, 0, 3, 2] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (7, 13, 5), (33, 65, 17), (5, 6, 700)])
+def test_gemm_writes_alpha_op_a_op_b_plus_beta_out_in_place(m, n, k, trans_a, trans_b, dtype):
+    from gpucnn.backend import cpu
+
+    g = np.random.default_rng(4)
+    a = g.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = g.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    prod = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    tol = {"rtol": 1e-5, "atol": 1e-6 * k} if dtype == np.float32 else {"rtol": 1e-12}
+    out = np.full((m, n), np.nan, dtype)  # beta = 0: out is never read
+    assert cpu.gemm(a, b, out, trans_a, trans_b) is out
+    np.testing.assert_allclose(out, prod, **tol)
+    c = g.standard_normal((m, n)).astype(dtype)
+    out = c.copy()
+    cpu.gemm(a, b, out, trans_a, trans_b, alpha=-0.5, beta=2.0)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, -0.5 * prod + 2.0 * c, **tol)
+    assert cpu.gemm_workspace_size(m, n, k) == 0  # nothing splits K on the CPU
+
+
+def test_gemm_refuses_shapes_and_dtypes_that_do_not_fit():
+    from gpucnn.backend import cpu
+
+    a, b = np.zeros((4, 3), np.float32), np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"op\(a\) \(4, 3\) @ op\(b\) \(4, 5\)"):
+        cpu.gemm(a, b, np.zeros((4, 5), np.float32))
+    with pytest.raises(ValueError, match="float64"):
+        cpu.gemm(a, b, np.zeros((3, 5)), trans_a=True)
+    np.testing.assert_array_equal(cpu.gemm(a, b, np.ones((3, 5), np.float32), True), 0)

@@ -47,10 +47,12 @@ def _every_launch() -> None:
     x = f32(2, 3, 6, 6)
     cols = gpu.im2col(x, 3, 1, 1)
     gpu.col2im(f32(27, 72), x.shape, 3, 1, 1)
-    gpu.maxpool2d_fwd(x, 2, 2, 0)
-    gpu.maxpool2d_bwd(f32(2, 3, 3, 3), np.zeros((2, 3, 3, 3), np.int32), x.shape, 2, 2, 0)
-    gpu.avgpool2d_fwd(x, 2, 2, 0)
-    gpu.avgpool2d_bwd(f32(2, 3, 3, 3), x.shape, 2, 2, 0)
+    arg = np.zeros((2, 3, 3, 3), np.int32)
+    for k, s, p in ((2, 2, 0), (3, 2, 1)):  # windows apart (and 2x2), then overlapping
+        gpu.maxpool2d_fwd(x, k, s, p)
+        gpu.maxpool2d_bwd(f32(2, 3, 3, 3), arg, x.shape, k, s, p)
+        gpu.avgpool2d_fwd(x, k, s, p)
+        gpu.avgpool2d_bwd(f32(2, 3, 3, 3), x.shape, k, s, p)
     gpu.affine_warp(x, f32(2, 4), f32(2, 2))
     _, arg = gpu.global_maxpool2d_fwd(x)
     gpu.global_maxpool2d_bwd(f32(2, 3), arg, x.shape)
@@ -66,6 +68,9 @@ def _every_launch() -> None:
                     beta2=0.999, bias_correction2=0.5, eps=1e-8, weight_decay=1e-4)  # fmt: skip
     gpu.sgd_update(w, w.copy(), w.copy(), first=False, lr=0.1, momentum=0.9, dampening=0.0,
                    weight_decay=1e-4, nesterov=True)  # fmt: skip
+    gpu.gemm(f32(4, 3), f32(4, 5), f32(3, 5), trans_a=True, alpha=2.0, beta=0.5)  # one pass
+    ws = np.empty(gpu.gemm_workspace_size(5, 6, 700), np.float32)  # split-K, then the reduce
+    gpu.gemm(f32(5, 700), f32(6, 700), f32(5, 6), trans_b=True, beta=1.0, workspace=ws)
     assert cols.shape == (27, 72)
 
 

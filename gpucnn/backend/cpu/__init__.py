@@ -15,6 +15,7 @@ from gpucnn.backend.cpu.elementwise import (
     relu_fwd,
     softmax_xent_fwd,
 )
+from gpucnn.backend.cpu.gemm import gemm, gemm_workspace_size
 from gpucnn.backend.cpu.optim import adam_update, sgd_update
 from gpucnn.backend.cpu.pool import (
     avgpool2d_bwd,
@@ -50,4 +51,6 @@ __all__ = [
     "batchnorm2d_bwd",
     "adam_update",
     "sgd_update",
+    "gemm",
+    "gemm_workspace_size",
 ]

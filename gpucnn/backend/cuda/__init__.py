@@ -2,12 +2,14 @@
 the same functions, names and signatures (tests/backend/test_contract.py checks it).
 
 window.py (im2col, col2im), pool.py (max, average and global pooling), elementwise.py (ReLU,
-dropout, softmax cross-entropy), batchnorm.py, optim.py (fused Adam and SGD) and warp.py
-(augmentation) each hold their ``*_kernel`` functions and the launchers that call them;
+dropout, softmax cross-entropy), batchnorm.py, optim.py (fused Adam and SGD), warp.py
+(augmentation) and gemm.py (tiled and split-K GEMM, for a step captured in a CUDA graph, where
+cuBLAS is refused) each hold their ``*_kernel`` functions and the launchers that call them;
 launch.py holds what the launchers share (launch shape, argument checks).
 """
 
 from gpucnn.backend.cuda import batchnorm, elementwise, optim, pool, warp, window
+from gpucnn.backend.cuda import gemm as gemm_module  # the name gemm is its launcher, below
 from gpucnn.backend.cuda.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
 from gpucnn.backend.cuda.elementwise import (
     dropout_bwd,
@@ -16,6 +18,7 @@ from gpucnn.backend.cuda.elementwise import (
     relu_fwd,
     softmax_xent_fwd,
 )
+from gpucnn.backend.cuda.gemm import gemm, gemm_workspace_size
 from gpucnn.backend.cuda.optim import adam_update, sgd_update
 from gpucnn.backend.cuda.pool import (
     avgpool2d_bwd,
@@ -32,7 +35,7 @@ from gpucnn.backend.cuda.window import col2im, im2col
 
 # the modules whose *_kernel functions are this backend's device code (tests and
 # benchmarks/gpu_check.py wrap them to record or count launches)
-KERNEL_MODULES = (window, pool, elementwise, batchnorm, optim, warp)
+KERNEL_MODULES = (window, pool, elementwise, batchnorm, optim, warp, gemm_module)
 
 __all__ = [
     "affine_warp",
@@ -55,4 +58,6 @@ __all__ = [
     "batchnorm2d_bwd",
     "adam_update",
     "sgd_update",
+    "gemm",
+    "gemm_workspace_size",
 ]
