@@ -74,6 +74,30 @@ class CpuBackend(Backend):
 CPU = CpuBackend("cpu", np, _cpu, host_memory=True)
 
 
+@dataclass(frozen=True, repr=False)
+class CudaBackend(Backend):
+    """CuPy arrays; kernels in gpucnn.backend.cuda; everything on one stream.
+
+    ``stream`` is the backend's CuPy stream, made once per process. ``prepare()`` makes it
+    CuPy's current stream in the calling thread (so CuPy's operations run on it; CuPy's current
+    stream is per thread, and a run's step runs in the thread that prepared it) and has every
+    Numba launch go to it (gpucnn.backend.cuda.launch.use_stream): one stream orders a whole
+    training step, as capturing the step into a CUDA graph requires.
+    """
+
+    @functools.cached_property
+    def stream(self) -> Any:
+        """The CuPy stream every launch of this backend goes to once ``prepare()`` has run."""
+        return self.xp.cuda.Stream(non_blocking=False)
+
+    def prepare(self) -> None:
+        """Make ``stream`` current for CuPy and Numba (again, when called again)."""
+        from gpucnn.backend.cuda import launch
+
+        self.stream.use()
+        launch.use_stream(self.stream)
+
+
 @functools.cache
 def _cuda_missing() -> str | None:
     """Why the CUDA backend cannot be used here, as one sentence; None when it can.
@@ -106,13 +130,13 @@ def _cuda_missing() -> str | None:
 
 
 @functools.cache
-def _cuda_backend() -> Backend:
+def _cuda_backend() -> CudaBackend:
     """The CUDA Backend, built on first use (importing CuPy and the kernels only then)."""
     import cupy
 
     from gpucnn.backend import cuda as kernels
 
-    return Backend("cuda", cupy, kernels, host_memory=False)
+    return CudaBackend("cuda", cupy, kernels, host_memory=False)
 
 
 def get_backend(device: str | Backend = "auto") -> Backend:

@@ -25,6 +25,9 @@ class Adam(Optimizer):
         eps: added to the denominator for stability.
         weight_decay: L2 penalty added to the gradient.
         amsgrad: keep the running maximum of v (the AMSGrad variant).
+        device_state: keep the step count, lr and the constants of each step on the parameters'
+            device (see gpucnn.optim.optimizer and ``use_device_state``): the same numbers,
+            and nothing per step passed to a kernel, as a captured CUDA graph needs.
     """
 
     def __init__(
@@ -35,8 +38,9 @@ class Adam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
+        device_state: bool = False,
     ) -> None:
-        super().__init__(params, lr)
+        super().__init__(params, lr, device_state)
         b1, b2 = betas
         self.betas = (
             check_range("Adam", "beta1", b1, 0.0, 1.0),
@@ -46,16 +50,20 @@ class Adam(Optimizer):
         self.weight_decay = check_range("Adam", "weight_decay", weight_decay, 0.0)
         self.amsgrad = amsgrad
 
+    def _init_state(self, w: Any, state: dict[str, Any]) -> None:
+        xp = backend_of(w).xp
+        state["step"] = 0
+        state["exp_avg"] = xp.zeros_like(w)
+        state["exp_avg_sq"] = xp.zeros_like(w)
+        if self.amsgrad:
+            state["max_exp_avg_sq"] = xp.zeros_like(w)
+
     def _update(self, p: Parameter, grad: Any, state: dict[str, Any]) -> None:
         w = p.data
         xp = backend_of(w).xp
         b1, b2 = self.betas
         if not state:
-            state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(w)
-            state["exp_avg_sq"] = xp.zeros_like(w)
-            if self.amsgrad:
-                state["max_exp_avg_sq"] = xp.zeros_like(w)
+            self._init_state(w, state)
         state["step"] += 1
         t = state["step"]
         # one fused pass per parameter (a backend kernel) instead of a dozen array expressions
@@ -72,3 +80,22 @@ class Adam(Optimizer):
             eps=self.eps,
             weight_decay=self.weight_decay,
         )
+
+    def _update_with_state(
+        self, p: Parameter, grad: Any, state: dict[str, Any], step_state: Any
+    ) -> None:
+        w = p.data
+        if "exp_avg" not in state:
+            self._init_state(w, state)  # the base class counts state["step"]
+        backend_of(w).kernels.adam_update_state(
+            w,
+            backend_of(w).xp.ascontiguousarray(grad, dtype=w.dtype),
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["max_exp_avg_sq"] if self.amsgrad else None,
+            step_state,
+        )
+
+    def _hyperparameters(self) -> dict[str, float]:
+        b1, b2 = self.betas
+        return {"beta1": b1, "beta2": b2, "eps": self.eps, "weight_decay": self.weight_decay}

@@ -151,3 +151,51 @@ def test_gemm_refuses_shapes_and_dtypes_that_do_not_fit():
     with pytest.raises(ValueError, match="float64"):
         cpu.gemm(a, b, np.zeros((3, 5)), trans_a=True)
     np.testing.assert_array_equal(cpu.gemm(a, b, np.ones((3, 5), np.float32), True), 0)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # uint64 wraps
+def test_dropout_from_a_state_array_draws_the_mask_of_its_steps_key():
+    from gpucnn.backend import cpu, formulas
+
+    x = np.ones((40, 50), np.float32)
+    state = formulas.dropout_state(seed=2024)
+    masks = []
+    for step in range(3):
+        key = int(formulas.dropout_step_key(np.uint64(2024), np.uint64(step)))
+        y = cpu.dropout_fwd_state(x, 0.5, state, 7)
+        np.testing.assert_array_equal(y, cpu.dropout_fwd(x, 0.5, key, 7))
+        np.testing.assert_array_equal(cpu.dropout_bwd_state(x, 0.5, state, 7), y)
+        masks.append(y != 0)
+        cpu.dropout_state_advance(state)
+        assert state.tolist() == [2024, step + 1]
+    # the keys of successive steps give independent masks
+    assert abs((masks[0] == masks[1]).mean() - 0.5) < 0.05
+
+
+def test_optimizer_state_kernels_give_the_eager_kernels_bits():
+    from gpucnn.backend import cpu, formulas
+
+    g = np.random.default_rng(0)
+    w0 = g.standard_normal(300).astype(np.float32)
+    hyper = {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 1e-2}
+    state = formulas.step_state(0, 0.01, momentum=0.9, **hyper)
+    adam_eager = [w0.copy(), np.zeros_like(w0), np.zeros_like(w0)]  # w, m, v
+    adam_state = [a.copy() for a in adam_eager]
+    sgd_eager, sgd_state = [w0.copy(), np.zeros_like(w0)], [w0.copy(), np.zeros_like(w0)]
+    for t in range(1, 8):
+        grad = g.standard_normal(300).astype(np.float32)
+        w, m, v = adam_eager
+        cpu.adam_update(w, grad, m, v, None, step_size=0.01 / (1 - 0.8**t), beta1=0.8,
+                        beta2=0.99, bias_correction2=1 - 0.99**t, eps=1e-6,
+                        weight_decay=1e-2)  # fmt: skip
+        cpu.optim_state_advance(state)
+        assert state[formulas.STATE_T] == t
+        w, m, v = adam_state
+        cpu.adam_update_state(w, grad, m, v, None, state)
+        for a, b in zip(adam_eager, adam_state, strict=True):
+            np.testing.assert_array_equal(b, a)
+        cpu.sgd_update(sgd_eager[0], grad, sgd_eager[1], first=t == 1, lr=0.01, momentum=0.9,
+                       dampening=0.0, weight_decay=1e-2, nesterov=False)  # fmt: skip
+        cpu.sgd_update_state(sgd_state[0], grad, sgd_state[1], state)
+        np.testing.assert_array_equal(sgd_state[0], sgd_eager[0])
+    np.testing.assert_array_equal(state, formulas.step_state(7, 0.01, momentum=0.9, **hyper))

@@ -10,13 +10,22 @@ the CUDA kernels compile too.
 from gpucnn.backend.cpu.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
 from gpucnn.backend.cpu.elementwise import (
     dropout_bwd,
+    dropout_bwd_state,
     dropout_fwd,
+    dropout_fwd_state,
+    dropout_state_advance,
     relu_bwd,
     relu_fwd,
     softmax_xent_fwd,
 )
 from gpucnn.backend.cpu.gemm import gemm, gemm_workspace_size
-from gpucnn.backend.cpu.optim import adam_update, sgd_update
+from gpucnn.backend.cpu.optim import (
+    adam_update,
+    adam_update_state,
+    optim_state_advance,
+    sgd_update,
+    sgd_update_state,
+)
 from gpucnn.backend.cpu.pool import (
     avgpool2d_bwd,
     avgpool2d_fwd,
@@ -46,11 +55,17 @@ __all__ = [
     "relu_bwd",
     "dropout_fwd",
     "dropout_bwd",
+    "dropout_fwd_state",
+    "dropout_bwd_state",
+    "dropout_state_advance",
     "softmax_xent_fwd",
     "batchnorm2d_fwd",
     "batchnorm2d_bwd",
     "adam_update",
     "sgd_update",
+    "optim_state_advance",
+    "adam_update_state",
+    "sgd_update_state",
     "gemm",
     "gemm_workspace_size",
 ]

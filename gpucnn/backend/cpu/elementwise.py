@@ -15,6 +15,8 @@ _relu = numba.njit(inline="always", error_model="numpy")(formulas.relu_element)
 _relu_grad = numba.njit(inline="always", error_model="numpy")(formulas.relu_grad_element)
 _draw = numba.njit(inline="always", error_model="numpy")(formulas.dropout_draw)
 _dropout_element = numba.njit(inline="always", error_model="numpy")(formulas.dropout_element)
+_step_key = numba.njit(inline="always", error_model="numpy")(formulas.dropout_step_key)
+_advance = numba.njit(inline="always", error_model="numpy")(formulas.dropout_advance)
 _xent_row = numba.njit(inline="always", error_model="numpy")(formulas.softmax_xent_row)
 
 
@@ -37,6 +39,19 @@ def _dropout(x, key, start, threshold, scale, out):  # pragma: no cover - compil
     zero = x.dtype.type(0)
     for e in range(x.size):
         out[e] = _dropout_element(x[e], _draw(key, start + e), threshold, scale, zero)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _dropout_state(x, state, start, threshold, scale, out):  # pragma: no cover - compiled
+    key = _step_key(state[formulas.DROPOUT_SEED], state[formulas.DROPOUT_STEP])
+    zero = x.dtype.type(0)
+    for e in range(x.size):
+        out[e] = _dropout_element(x[e], _draw(key, start + e), threshold, scale, zero)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _dropout_advance(state):  # pragma: no cover - compiled
+    _advance(state)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -75,6 +90,28 @@ def dropout_fwd(x: np.ndarray, p: float, key: int, start: int = 0) -> np.ndarray
 def dropout_bwd(dy: np.ndarray, p: float, key: int, start: int = 0) -> np.ndarray:
     """dx = dy * mask / (1 - p), the forward pass's mask recomputed from ``key``."""
     return dropout_fwd(dy, p, key, start)
+
+
+def dropout_fwd_state(x: np.ndarray, p: float, state: np.ndarray, start: int = 0) -> np.ndarray:
+    """dropout_fwd with the key of this step drawn from ``state`` (uint64 [seed, step], see
+    formulas.dropout_step_key) where the kernel runs: the mask of
+    dropout_fwd(x, p, dropout_step_key(seed, step), start)."""
+    formulas.check_state("dropout_fwd_state", state, np.uint64, 2)
+    threshold, scale = formulas.dropout_constants(p)
+    out = np.empty(x.shape, x.dtype)
+    _dropout_state(_flat(x), state, start, threshold, x.dtype.type(scale), out.reshape(-1))
+    return out
+
+
+def dropout_bwd_state(dy: np.ndarray, p: float, state: np.ndarray, start: int = 0) -> np.ndarray:
+    """dx = dy * mask / (1 - p), the mask of the same step recomputed from ``state``."""
+    return dropout_fwd_state(dy, p, state, start)
+
+
+def dropout_state_advance(state: np.ndarray) -> None:
+    """Move a dropout state on to the next step's mask (once per training step)."""
+    formulas.check_state("dropout_state_advance", state, np.uint64, 2)
+    _dropout_advance(state)
 
 
 def softmax_xent_fwd(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

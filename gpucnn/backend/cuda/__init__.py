@@ -5,7 +5,12 @@ window.py (im2col, col2im), pool.py (max, average and global pooling), elementwi
 dropout, softmax cross-entropy), batchnorm.py, optim.py (fused Adam and SGD), warp.py
 (augmentation) and gemm.py (tiled and split-K GEMM, for a step captured in a CUDA graph, where
 cuBLAS is refused) each hold their ``*_kernel`` functions and the launchers that call them;
-launch.py holds what the launchers share (launch shape, argument checks).
+launch.py holds what the launchers share (the one stream, launch shapes, argument checks).
+
+For a step captured in a CUDA graph, whose launch arguments are frozen, the ``*_state``
+launchers read what changes per step from small device arrays (formulas.STATE_SIZE for the
+optimizers, formulas.DROPOUT_SEED for dropout) that ``optim_state_advance`` and
+``dropout_state_advance`` move on once per step.
 """
 
 from gpucnn.backend.cuda import batchnorm, elementwise, optim, pool, warp, window
@@ -13,13 +18,22 @@ from gpucnn.backend.cuda import gemm as gemm_module  # the name gemm is its laun
 from gpucnn.backend.cuda.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
 from gpucnn.backend.cuda.elementwise import (
     dropout_bwd,
+    dropout_bwd_state,
     dropout_fwd,
+    dropout_fwd_state,
+    dropout_state_advance,
     relu_bwd,
     relu_fwd,
     softmax_xent_fwd,
 )
 from gpucnn.backend.cuda.gemm import gemm, gemm_workspace_size
-from gpucnn.backend.cuda.optim import adam_update, sgd_update
+from gpucnn.backend.cuda.optim import (
+    adam_update,
+    adam_update_state,
+    optim_state_advance,
+    sgd_update,
+    sgd_update_state,
+)
 from gpucnn.backend.cuda.pool import (
     avgpool2d_bwd,
     avgpool2d_fwd,
@@ -53,11 +67,17 @@ __all__ = [
     "relu_bwd",
     "dropout_fwd",
     "dropout_bwd",
+    "dropout_fwd_state",
+    "dropout_bwd_state",
+    "dropout_state_advance",
     "softmax_xent_fwd",
     "batchnorm2d_fwd",
     "batchnorm2d_bwd",
     "adam_update",
     "sgd_update",
+    "optim_state_advance",
+    "adam_update_state",
+    "sgd_update_state",
     "gemm",
     "gemm_workspace_size",
 ]

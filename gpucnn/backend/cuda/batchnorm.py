@@ -16,9 +16,10 @@ data's dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 
-from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, flat
+from gpucnn.backend.cuda.launch import THREADS, array_module, check, config, flat, stream
 from gpucnn.backend.numba_cuda import cuda
 
 
@@ -87,6 +88,7 @@ def batchnorm_bwd_kernel(
             dx[e] = g * dy[e]
 
 
+@functools.lru_cache(maxsize=256)
 def _channel_grid(c: int, m: int) -> tuple[tuple[int, int], int]:
     """Blocks (along the elements of a channel, channels) for the per-channel reductions."""
     return (max(1, min(-(-m // THREADS), max(1, 1024 // c))), c), THREADS
@@ -103,9 +105,9 @@ def batchnorm2d_fwd(x, gamma, beta, running_mean, running_var, training, momentu
     if training:
         sums, sumsq = xp.zeros(c, dtype=x.dtype), xp.zeros(c, dtype=x.dtype)
         grid, threads = _channel_grid(c, m)
-        batchnorm_stats_fwd_kernel[grid, threads](flat(x), c, hw, m, sums, sumsq)
+        batchnorm_stats_fwd_kernel[grid, threads, stream()](flat(x), c, hw, m, sums, sumsq)
         mean, invstd = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
-        batchnorm_finalize_fwd_kernel[blocks(c), THREADS](
+        batchnorm_finalize_fwd_kernel[config(c)](
             flat(x),
             hw,
             sums,
@@ -123,9 +125,7 @@ def batchnorm2d_fwd(x, gamma, beta, running_mean, running_var, training, momentu
     else:
         mean, invstd = running_mean, 1 / xp.sqrt(running_var + dt(eps))
     y = xp.empty(x.shape, dtype=x.dtype)
-    batchnorm_fwd_kernel[blocks(x.size), THREADS](
-        flat(x), c, hw, mean, invstd, gamma, beta, flat(y)
-    )
+    batchnorm_fwd_kernel[config(x.size)](flat(x), c, hw, mean, invstd, gamma, beta, flat(y))
     return y, (x, mean, invstd)
 
 
@@ -138,11 +138,11 @@ def batchnorm2d_bwd(dy, saved, gamma, training):
     hw, m = h * w, n * h * w
     dgamma, dbeta = xp.zeros(c, dtype=dy.dtype), xp.zeros(c, dtype=dy.dtype)
     grid, threads = _channel_grid(c, m)
-    batchnorm_stats_bwd_kernel[grid, threads](
+    batchnorm_stats_bwd_kernel[grid, threads, stream()](
         flat(dy), flat(x), c, hw, m, mean, invstd, dgamma, dbeta
     )
     dx = xp.empty(dy.shape, dtype=dy.dtype)
-    batchnorm_bwd_kernel[blocks(dy.size), THREADS](
+    batchnorm_bwd_kernel[config(dy.size)](
         flat(dy),
         flat(x),
         c,

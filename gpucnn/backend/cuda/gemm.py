@@ -60,7 +60,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from gpucnn.backend.cuda.launch import THREADS, blocks, check
+from gpucnn.backend.cuda.launch import check, config, stream
 from gpucnn.backend.numba_cuda import cuda
 
 BM = 64  # rows of out per block
@@ -241,14 +241,14 @@ def gemm(
     dt = out.dtype.type
     use_beta = beta != 0
     if splits == 1:
-        gemm_tile_kernel[grid, GEMM_THREADS](
+        gemm_tile_kernel[grid, GEMM_THREADS, stream()](
             a, b, trans_a, trans_b, kchunk, dt(alpha), dt(beta), use_beta, dt(0),
             out.reshape(1, m, n),
         )  # fmt: skip
         return out
     parts = workspace[: splits * m * n].reshape(splits, m, n)
-    gemm_tile_kernel[grid, GEMM_THREADS](
+    gemm_tile_kernel[grid, GEMM_THREADS, stream()](
         a, b, trans_a, trans_b, kchunk, dt(1), dt(0), False, dt(0), parts
     )
-    gemm_reduce_kernel[blocks(m * n), THREADS](parts, dt(alpha), dt(beta), use_beta, dt(0), out)
+    gemm_reduce_kernel[config(m * n)](parts, dt(alpha), dt(beta), use_beta, dt(0), out)
     return out

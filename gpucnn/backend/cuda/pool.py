@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, flat, out_size
+from gpucnn.backend.cuda.launch import array_module, check, config, flat, out_size
 from gpucnn.backend.numba_cuda import cuda
 
 
@@ -253,9 +253,9 @@ def maxpool2d_fwd(x: Any, k: int, stride: int, pad: int) -> tuple[Any, Any]:
     y = xp.empty((n * c, oh, ow), dtype=x.dtype)
     arg = xp.empty((n * c, oh, ow), dtype=np.int32)
     if k == 2 and stride == 2 and pad == 0:
-        maxpool2x2_fwd_kernel[blocks(y.size), THREADS](_planes(x), y, arg)
+        maxpool2x2_fwd_kernel[config(y.size)](_planes(x), y, arg)
     else:
-        maxpool_fwd_kernel[blocks(y.size), THREADS](_planes(x), k, stride, pad, y, arg)
+        maxpool_fwd_kernel[config(y.size)](_planes(x), k, stride, pad, y, arg)
     return y.reshape(n, c, oh, ow), arg.reshape(n, c, oh, ow)
 
 
@@ -277,14 +277,12 @@ def maxpool2d_bwd(dy: Any, arg: Any, x_shape: tuple, k: int, stride: int, pad: i
     xp = array_module(dy)
     if stride >= k:
         dx = xp.empty((n * c, h, w), dtype=dy.dtype)
-        pool_tile_bwd_kernel[blocks(_tiles(x_shape, stride, pad)), THREADS](
+        pool_tile_bwd_kernel[config(_tiles(x_shape, stride, pad))](
             _planes(dy), _planes(arg), True, k, stride, pad, dy.dtype.type(1), dy.dtype.type(0), dx
         )
     else:
         dx = xp.zeros((n * c, h, w), dtype=dy.dtype)
-        maxpool_scatter_bwd_kernel[blocks(dy.size), THREADS](
-            _planes(dy), _planes(arg), k, stride, pad, dx
-        )
+        maxpool_scatter_bwd_kernel[config(dy.size)](_planes(dy), _planes(arg), k, stride, pad, dx)
     return dx.reshape(x_shape)
 
 
@@ -294,7 +292,7 @@ def avgpool2d_fwd(x: Any, k: int, stride: int, pad: int) -> Any:
     n, c, h, w = x.shape
     oh, ow = out_size(h, k, stride, pad), out_size(w, k, stride, pad)
     y = array_module(x).empty((n * c, oh, ow), dtype=x.dtype)
-    avgpool_fwd_kernel[blocks(y.size), THREADS](
+    avgpool_fwd_kernel[config(y.size)](
         _planes(x), k, stride, pad, x.dtype.type(0), x.dtype.type(1.0 / (k * k)), y
     )
     return y.reshape(n, c, oh, ow)
@@ -309,11 +307,11 @@ def avgpool2d_bwd(dy: Any, x_shape: tuple, k: int, stride: int, pad: int) -> Any
     zero, scale = dy.dtype.type(0), dy.dtype.type(1.0 / (k * k))
     if stride >= k:
         unused = xp.empty((1, 1, 1), dtype=np.int32)  # no argmax: the whole window gets dy/k²
-        pool_tile_bwd_kernel[blocks(_tiles(x_shape, stride, pad)), THREADS](
+        pool_tile_bwd_kernel[config(_tiles(x_shape, stride, pad))](
             _planes(dy), unused, False, k, stride, pad, scale, zero, dx
         )
     else:
-        avgpool_bwd_kernel[blocks(dx.size), THREADS](_planes(dy), k, stride, pad, zero, scale, dx)
+        avgpool_bwd_kernel[config(dx.size)](_planes(dy), k, stride, pad, zero, scale, dx)
     return dx.reshape(x_shape)
 
 
@@ -323,7 +321,7 @@ def _global_fwd(x: Any, is_max: bool) -> tuple[Any, Any]:
     n, c, h, w = x.shape
     y = xp.empty(n * c, dtype=x.dtype)
     arg = xp.empty(n * c if is_max else 1, dtype=np.int32)
-    global_pool_fwd_kernel[blocks(n * c), THREADS](
+    global_pool_fwd_kernel[config(n * c)](
         x.reshape(n * c, h * w), is_max, x.dtype.type(1.0 / (h * w)), y, arg
     )
     return y.reshape(n, c), arg.reshape(n, c) if is_max else None
@@ -335,7 +333,7 @@ def _global_bwd(dy: Any, arg: Any, x_shape: tuple) -> Any:
     n, c, h, w = x_shape
     dx = xp.empty((n * c, h * w), dtype=dy.dtype)
     is_max = arg is not None
-    global_pool_bwd_kernel[blocks(dx.size), THREADS](
+    global_pool_bwd_kernel[config(dx.size)](
         flat(dy),
         flat(arg) if is_max else xp.zeros(1, dtype=np.int32),
         is_max,

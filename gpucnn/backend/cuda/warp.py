@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check
+from gpucnn.backend.cuda.launch import array_module, check, config
 from gpucnn.backend.numba_cuda import cuda
 
 
@@ -54,7 +54,7 @@ def affine_warp(x: Any, inv: Any, shift: Any) -> Any:
     n, c, h, w = x.shape
     dt = x.dtype.type
     out = xp.empty(x.shape, dtype=x.dtype)
-    affine_warp_fwd_kernel[blocks(out.size), THREADS](
+    affine_warp_fwd_kernel[config(out.size)](
         x,
         inv.astype(x.dtype),
         shift.astype(x.dtype),

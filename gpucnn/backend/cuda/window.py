@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpucnn.backend.cuda.launch import THREADS, array_module, blocks, check, out_size
+from gpucnn.backend.cuda.launch import array_module, check, config, out_size
 from gpucnn.backend.numba_cuda import cuda
 
 
@@ -65,7 +65,7 @@ def im2col(x: Any, k: int, stride: int, pad: int, pad_value: float = 0.0) -> Any
     n, c, h, w = x.shape
     oh, ow = out_size(h, k, stride, pad), out_size(w, k, stride, pad)
     cols = array_module(x).empty((c * k * k, n * oh * ow), dtype=x.dtype)
-    im2col_fwd_kernel[blocks(cols.size), THREADS](x, k, stride, pad, x.dtype.type(pad_value), cols)
+    im2col_fwd_kernel[config(cols.size)](x, k, stride, pad, x.dtype.type(pad_value), cols)
     return cols
 
 
@@ -79,5 +79,5 @@ def col2im(
     """
     check("col2im", cols, 2)
     out = array_module(cols).empty(x_shape, dtype=cols.dtype)
-    col2im_bwd_kernel[blocks(out.size), THREADS](cols, k, stride, pad, cols.dtype.type(0), out)
+    col2im_bwd_kernel[config(out.size)](cols, k, stride, pad, cols.dtype.type(0), out)
     return out

@@ -16,6 +16,7 @@ import types
 import numpy as np
 
 HOST_READS = {"n": 0}  # device -> host transfers: get(), float(), int(), bool(), item()
+SYNCS = {"n": 0}  # Stream.synchronize() calls: each a host wait on a GPU
 
 
 class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
@@ -76,10 +77,46 @@ def asnumpy(a):
     return np.array(a).view(np.ndarray)
 
 
+class Stream:
+    """cupy.cuda.Stream as far as gpucnn uses it: a handle (``ptr``), ``use()`` and the
+    ``with`` block that make it current, ``synchronize()`` (counted). The simulator runs every
+    launch at once and in order, so there is nothing for a stream to order."""
+
+    _made = 0
+
+    def __init__(self, null: bool = False, non_blocking: bool = False) -> None:
+        Stream._made += 1
+        self.ptr = 0 if null else 0x5000 + Stream._made  # a distinct made-up handle
+        self.non_blocking = non_blocking
+        self._outer: list[Stream] = []
+
+    def use(self) -> Stream:
+        _CURRENT[0] = self
+        return self
+
+    def __enter__(self) -> Stream:
+        self._outer.append(_CURRENT[0])
+        return self.use()
+
+    def __exit__(self, *exc) -> None:
+        _CURRENT[0] = self._outer.pop()
+
+    def synchronize(self) -> None:
+        SYNCS["n"] += 1
+
+
+_CURRENT = [Stream(null=True)]
+
+
+def get_current_stream() -> Stream:
+    return _CURRENT[0]
+
+
 def install() -> types.ModuleType:
     """Register this module as ``cupy`` (when no real CuPy is importable) and return it."""
     module = types.ModuleType("cupy")
     module.__dict__.update(ndarray=ndarray, asarray=asarray, asnumpy=asnumpy, array=asarray)
+    module.cuda = types.SimpleNamespace(Stream=Stream, get_current_stream=get_current_stream)
 
     def __getattr__(name):
         attr = getattr(np, name)
