@@ -285,3 +285,204 @@ def check_same_layout(name, *arrays):
                 f"{name}: every array must be C-contiguous with shape {tuple(shape)} and dtype "
                 f"{dtype}, got {tuple(a.shape)} {a.dtype}"
             )
+
+
+# Batches inside a captured training step (backend/cpu|cuda/batch.py). A batch state is an
+# int64 array of BATCH_STATE_SIZE slots in device memory:
+#   BATCH_STEP   the batch number within the epoch: gather_batch reads perm[step*B : step*B+B]
+#   BATCH_EPOCH  the epoch: with the step, it keys the augmentation draws (augment_key)
+#   BATCH_ROWS   written by gather_batch: rows it took from perm (the tail batch has fewer)
+# batch_advance (one thread, once per step, after the step's last read) adds 1 to the step; at
+# the start of an epoch the host writes batch_state(epoch) with the epoch's permutation.
+BATCH_STEP, BATCH_EPOCH, BATCH_ROWS = 0, 1, 2
+BATCH_STATE_SIZE = 4
+# One image's augmentation draws are dropout_draw(key, AUG_LANES * image + lane), lane one of:
+AUG_ANGLE, AUG_TX, AUG_TY, AUG_SCALE, AUG_FLIP = range(5)
+AUG_LANES = 5
+MAX_DEGREES = 360.0  # affine_element's sine and cosine hold for |angle| <= 2 pi
+
+_I1, _I2, _I2P24 = np.int64(1), np.int64(2), np.int64(1 << DROPOUT_BITS)
+_UNIT24 = np.float32(2.0**-DROPOUT_BITS)
+_EIGHTH, _F2 = np.float32(0.125), np.float32(2.0)
+# Taylor coefficients, highest power first, of sin(h)/h and cos(h) in h^2: for |h| <= pi/4 the
+# first term left out is below 2e-9, under half an ulp of float32
+_SIN = tuple(np.float32(c) for c in (1 / 362880, -1 / 5040, 1 / 120, -1 / 6, 1))
+_COS = tuple(np.float32(c) for c in (-1 / 3628800, 1 / 40320, -1 / 720, 1 / 24, -1 / 2, 1))
+
+
+def mul_rn(a, b):
+    """a * b, rounded on its own. Plain on the CPU; on a GPU (backend/cuda/batch.py) it is
+    __fmul_rn, which ptxas never fuses with an add into an FMA (it fuses a plain multiply and
+    add, which rounds once instead of twice): so the rules below give the same bits on both."""
+    return a * b
+
+
+def add_rn(a, b):
+    """a + b, rounded on its own (never fused with a multiply; see mul_rn)."""
+    return a + b
+
+
+def sub_rn(a, b):
+    """a - b, rounded on its own (never fused with a multiply; see mul_rn)."""
+    return a - b
+
+
+def normalize_constants(mean, std):
+    """(scale, mean, inv_std) for normalize_element: gpucnn.data.normalize's float32 scalars."""
+    if not std > 0:
+        raise ValueError(f"normalize: std must be > 0, got {std!r}")
+    return np.float32(1.0 / 255.0), np.float32(mean), np.float32(1.0) / np.float32(std)
+
+
+def normalize_element(pixel, scale, mean, inv_std):
+    """One uint8 pixel as gpucnn.data.normalize computes it: (pixel * scale - mean) * inv_std in
+    float32, each operation rounded on its own, as NumPy's and CuPy's separate array operations
+    round it (scale = float32(1/255), inv_std = float32(1) / float32(std))."""
+    return mul_rn(sub_rn(mul_rn(np.float32(pixel), scale), mean), inv_std)
+
+
+def batch_rows(first, batch_size, total, capacity):
+    """Rows of the batch that starts at ``first`` of ``total``: batch_size, fewer at the end of
+    the permutation (0 past it), at most the ``capacity`` of the output buffers."""
+    rows = batch_size if batch_size < capacity else capacity
+    left = total - first
+    rows = left if left < rows else rows
+    return rows if rows > 0 else 0
+
+
+def batch_advance(state):
+    """Move a batch state on to the next batch (one thread, once per training step)."""
+    state[BATCH_STEP] = state[BATCH_STEP] + 1
+
+
+def augment_key(seed, epoch, step):
+    """The uint64 key of the augmentation draws of batch ``step`` of ``epoch`` under ``seed``
+    (all uint64): dropout_step_key applied twice, splitmix64 of the seed with the epoch, then of
+    that with the step."""
+    z = seed + (epoch + _ONE) * _GOLDEN
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    z = z ^ (z >> _S31)
+    z = z + (step + _ONE) * _GOLDEN
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+def unit_uniform(draw):
+    """A 24-bit draw (dropout_draw) as a float32 uniform on [0, 1): draw * 2^-24, exact."""
+    return mul_rn(np.float32(draw), _UNIT24)
+
+
+def symmetric_uniform(draw):
+    """A 24-bit draw as a float32 uniform on (-1, 1), symmetric about 0: (2 draw + 1 - 2^24) *
+    2^-24, exact (an odd integer below 2^24 in magnitude, times a power of two)."""
+    return mul_rn(np.float32(np.int64(draw) * _I2 + _I1 - _I2P24), _UNIT24)
+
+
+def affine_element(v_angle, v_tx, v_ty, u_scale, flip, angle, max_tx, max_ty, lo, width):
+    """One image's affine_warp parameters (a, b, c, d, tx, ty), as augment.RandomAffine draws
+    them, from uniforms v on (-1, 1) and u on [0, 1): the angle theta = angle * v_angle (angle =
+    radians(degrees) <= 2 pi), the shift (max_tx * v_tx, max_ty * v_ty) pixels, the zoom s = lo
+    + width * u_scale; (a, b, c, d) = (cos, sin, -sin, cos)(theta) / s, the inverse of s R(theta)
+    that augment.affine builds, with the first row negated when ``flip`` (a horizontal flip
+    before the warp, as RandomHorizontalFlip before RandomAffine).
+
+    sin and cos in float32 from + - * alone, each rounded on its own (so both devices give the
+    same bits): Taylor polynomials at h = theta / 8, then three doublings
+    (sin 2h = 2 sin h cos h, cos 2h = (cos h - sin h)(cos h + sin h)); error about 1e-7.
+    """
+    h = mul_rn(mul_rn(angle, v_angle), _EIGHTH)
+    h2 = mul_rn(h, h)
+    s = _SIN[0]
+    for k in range(1, len(_SIN)):
+        s = add_rn(mul_rn(s, h2), _SIN[k])
+    s = mul_rn(s, h)
+    c = _COS[0]
+    for k in range(1, len(_COS)):
+        c = add_rn(mul_rn(c, h2), _COS[k])
+    for _ in range(3):
+        s, c = mul_rn(mul_rn(s, c), _F2), mul_rn(sub_rn(c, s), add_rn(c, s))
+    zoom = add_rn(lo, mul_rn(width, u_scale))
+    a = c / zoom
+    b = s / zoom
+    return (
+        (-a if flip else a),
+        (-b if flip else b),
+        -b,
+        a,
+        mul_rn(max_tx, v_tx),
+        mul_rn(max_ty, v_ty),
+    )
+
+
+def affine_constants(shape, degrees, translate, scale, flip):
+    """affine_element's constants (angle, max_tx, max_ty, lo, width) as float32 and the flip
+    threshold (an image is flipped when its 24-bit draw < threshold = round(flip * 2^24)), for
+    images of ``shape`` (N, C, H, W) and RandomAffine's ranges; raises on ranges it refuses."""
+    if len(shape) != 4:
+        raise ValueError(f"affine_params: expected a batch shape (N, C, H, W), got {shape}")
+    if not 0.0 <= degrees <= MAX_DEGREES:
+        raise ValueError(f"affine_params: degrees must be in [0, {MAX_DEGREES}], got {degrees!r}")
+    if len(translate) != 2 or not all(0.0 <= f <= 1.0 for f in translate):
+        raise ValueError(f"affine_params: translate fractions must be in [0, 1], got {translate}")
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"affine_params: scale must be (lo, hi) with 0 < lo <= hi, got {scale}")
+    if not 0.0 <= flip <= 1.0:
+        raise ValueError(f"affine_params: flip must be in [0, 1], got {flip!r}")
+    h, w = shape[2], shape[3]
+    f32 = np.float32
+    return (
+        f32(math.radians(degrees)),
+        f32(translate[0] * w),
+        f32(translate[1] * h),
+        f32(scale[0]),
+        f32(scale[1] - scale[0]),
+        np.uint64(round(flip * 2**DROPOUT_BITS)),
+    )
+
+
+def batch_state(epoch=0, step=0):
+    """A host batch state: int64 [step, epoch, rows = 0, 0] (see BATCH_STATE_SIZE)."""
+    state = np.zeros(BATCH_STATE_SIZE, np.int64)
+    state[BATCH_STEP], state[BATCH_EPOCH] = step, epoch
+    return state
+
+
+def check_gather(images, labels, perm, batch_size, out_x, out_y):
+    """Raise unless gather_batch's arrays fit: images uint8 (N, C, H, W), labels int64 (N,),
+    perm int64 (P,), out_x float32 (R, C, H, W) and out_y int64 (R,) with 1 <= R <= batch_size,
+    all C-contiguous."""
+
+    def need(ok, what, a):
+        if not ok or not a.flags.c_contiguous:
+            raise ValueError(
+                f"gather_batch: expected {what} (C-contiguous), got {a.dtype} {tuple(a.shape)}"
+            )
+
+    need(images.ndim == 4 and images.dtype == np.uint8, "images uint8 (N, C, H, W)", images)
+    n = images.shape[0]
+    need(labels.shape == (n,) and labels.dtype == np.int64, f"labels int64 ({n},)", labels)
+    need(perm.ndim == 1 and perm.dtype == np.int64, "perm int64 (P,)", perm)
+    if batch_size < 1:
+        raise ValueError(f"gather_batch: batch_size must be >= 1, got {batch_size}")
+    rows = out_x.shape[0] if out_x.ndim else 0
+    shape = f"out_x float32 (R, {', '.join(map(str, images.shape[1:]))}), 1 <= R <= {batch_size}"
+    need(
+        out_x.shape[1:] == images.shape[1:] and out_x.dtype == np.float32
+        and 1 <= rows <= batch_size,
+        shape,
+        out_x,
+    )  # fmt: skip
+    need(out_y.shape == (rows,) and out_y.dtype == np.int64, f"out_y int64 ({rows},)", out_y)
+
+
+def check_affine_out(shape, out_inv, out_shift):
+    """Raise unless out_inv is float32 (N, 4) and out_shift float32 (N, 2), C-contiguous."""
+    n = shape[0]
+    for name, a, k in (("out_inv", out_inv, 4), ("out_shift", out_shift, 2)):
+        if a.shape != (n, k) or a.dtype != np.float32 or not a.flags.c_contiguous:
+            raise ValueError(
+                f"affine_params: expected {name} float32 ({n}, {k}) (C-contiguous), got "
+                f"{a.dtype} {tuple(a.shape)}"
+            )

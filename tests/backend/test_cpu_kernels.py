@@ -199,3 +199,88 @@ def test_optimizer_state_kernels_give_the_eager_kernels_bits():
         cpu.sgd_update_state(sgd_state[0], grad, sgd_state[1], state)
         np.testing.assert_array_equal(sgd_state[0], sgd_eager[0])
     np.testing.assert_array_equal(state, formulas.step_state(7, 0.01, momentum=0.9, **hyper))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_gather_batch_walks_the_permutation_with_normalizes_bits():
+    from gpucnn.backend import cpu, formulas
+    from gpucnn.data.loader import normalize
+
+    g = np.random.default_rng(5)
+    images = g.integers(0, 256, (10, 2, 3, 4), dtype=np.uint8)
+    labels, perm = g.integers(0, 10, 10), g.permutation(10)
+    state = formulas.batch_state(epoch=2)
+    x, y = np.full((4, 2, 3, 4), np.nan, np.float32), np.empty(4, np.int64)
+    for step, rows in enumerate((4, 4, 2, 0)):
+        cpu.gather_batch(images, labels, perm, state, 4, 0.1307, 0.3081, x, y)
+        idx = perm[4 * step : 4 * step + rows]
+        ref = normalize(images[idx], 0.1307, 0.3081)
+        np.testing.assert_array_equal(x[:rows].view(np.uint32), ref.view(np.uint32))
+        np.testing.assert_array_equal(y[:rows], labels[idx])
+        assert (x[rows:] == 0).all() and (y[rows:] == -1).all()
+        cpu.batch_state_advance(state)
+        assert state.tolist() == [step + 1, 2, rows, 0]
+    tail_x, tail_y = np.empty((2, 2, 3, 4), np.float32), np.empty(2, np.int64)
+    cpu.gather_batch(images, labels, perm, formulas.batch_state(step=2), 4, 0, 1, tail_x, tail_y)
+    np.testing.assert_array_equal(tail_x, images[perm[8:]] * np.float32(1 / 255))
+    with pytest.raises(ValueError, match=r"out_y int64 \(2,\)"):
+        cpu.gather_batch(images, labels, perm, state, 4, 0, 1, tail_x, y)
+
+
+def test_uniforms_from_24_bit_draws_are_exact_and_symmetric():
+    from gpucnn.backend import formulas
+
+    top = np.uint64(2**24 - 1)
+    assert formulas.unit_uniform(np.uint64(0)) == 0 and formulas.unit_uniform(top) == 1 - 2**-24
+    assert formulas.symmetric_uniform(np.uint64(0)) == -1 + 2**-24
+    for d in (0, 1, 12345, 2**23 - 1, 2**23, 2**24 - 1):
+        v = formulas.symmetric_uniform(np.uint64(d))
+        assert v.dtype == np.float32 and v == (2 * d + 1 - 2**24) / 2**24
+        assert formulas.symmetric_uniform(top - np.uint64(d)) == -v
+
+
+def test_affine_element_rotates_through_the_whole_turn_accurately():
+    from gpucnn.backend.cpu import batch
+
+    f32 = np.float32
+    for v in np.linspace(-1, 1, 2001, dtype=np.float32):
+        theta = float(f32(2 * np.pi)) * float(v)
+        a, b, c, d, tx, ty = batch._affine(v, f32(0.5), f32(-1), f32(0.5), False, f32(2 * np.pi),
+                                           f32(3), f32(2), f32(0.5), f32(1))  # fmt: skip
+        zoom = 0.5 + 1 * 0.5
+        assert abs(a - np.cos(theta) / zoom) < 1e-6 and abs(b - np.sin(theta) / zoom) < 1e-6
+        assert c == -b and d == a and tx == 1.5 and ty == -2
+    flipped = batch._affine(f32(0.25), f32(0), f32(0), f32(0), True, f32(1), f32(0), f32(0),
+                            f32(1), f32(0))  # fmt: skip
+    plain = batch._affine(f32(0.25), f32(0), f32(0), f32(0), False, f32(1), f32(0), f32(0),
+                          f32(1), f32(0))  # fmt: skip
+    assert flipped[:2] == (-plain[0], -plain[1]) and flipped[2:4] == plain[2:4]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_affine_params_are_reproducible_from_seed_epoch_and_step():
+    from gpucnn.backend import cpu, formulas
+
+    def draw(seed, epoch, step, recipe=(20.0, (0.1, 0.2), (0.9, 1.1), 0.5)):
+        inv, shift = np.empty((64, 4), np.float32), np.empty((64, 2), np.float32)
+        cpu.affine_params(formulas.batch_state(epoch, step), seed, (64, 1, 10, 20), *recipe,
+                          inv, shift)  # fmt: skip
+        return inv, shift
+
+    inv, shift = draw(1, 2, 3)
+    np.testing.assert_array_equal(draw(1, 2, 3)[0], inv)
+    for other in (draw(2, 2, 3), draw(1, 3, 3), draw(1, 2, 4)):
+        assert not np.array_equal(other[0], inv)
+    assert np.abs(shift[:, 0]).max() <= 2 and np.abs(shift[:, 1]).max() <= 2
+    assert np.abs(shift[:, 0]).max() > 1.5 and np.abs(shift[:, 1]).max() > 1.5
+    zoom = 1 / np.hypot(inv[:, 2], inv[:, 3])
+    assert zoom.min() >= 0.9 - 1e-6 and zoom.max() <= 1.1 and np.ptp(zoom) > 0.15
+    angle = np.degrees(np.arctan2(-inv[:, 2], inv[:, 3]))
+    assert np.abs(angle).max() <= 20 + 1e-4 and np.ptp(angle) > 30
+    flipped = inv[:, 0] * inv[:, 3] < 0
+    assert 0.25 < flipped.mean() < 0.75
+    x = np.random.default_rng(6).random((64, 1, 10, 20)).astype(np.float32)
+    inv, shift = draw(1, 2, 3, (0.0, (0.0, 0.0), (1.0, 1.0), 1.0))  # a flip alone: a mirror
+    np.testing.assert_array_equal(cpu.affine_warp(x, inv, shift), x[..., ::-1])
+    inv, shift = draw(1, 2, 3, (0.0, (0.0, 0.0), (1.0, 1.0), 0.0))  # nothing: the identity
+    np.testing.assert_array_equal(cpu.affine_warp(x, inv, shift), x)

@@ -86,6 +86,12 @@ def _every_launch() -> None:
     gpu.gemm(f32(4, 3), f32(4, 5), f32(3, 5), trans_a=True, alpha=2.0, beta=0.5)  # one pass
     ws = np.empty(gpu.gemm_workspace_size(5, 6, 700), np.float32)  # split-K, then the reduce
     gpu.gemm(f32(5, 700), f32(6, 700), f32(5, 6), trans_b=True, beta=1.0, workspace=ws)
+    batch = formulas.batch_state(epoch=1, step=2)
+    images = np.zeros((9, 1, 5, 6), np.uint8)
+    gpu.gather_batch(images, np.arange(9), np.arange(9), batch, 4, 0.1, 0.3, f32(2, 1, 5, 6),
+                     np.zeros(2, np.int64))  # fmt: skip
+    gpu.affine_params(batch, 7, x.shape, 10.0, (0.1, 0.1), (0.9, 1.1), 0.5, f32(2, 4), f32(2, 2))
+    gpu.batch_state_advance(batch)
     assert cols.shape == (27, 72)
 
 

@@ -7,6 +7,7 @@ kernels and optimizer updates compile the per-element rules of gpucnn.backend.fo
 the CUDA kernels compile too.
 """
 
+from gpucnn.backend.cpu.batch import affine_params, batch_state_advance, gather_batch
 from gpucnn.backend.cpu.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
 from gpucnn.backend.cpu.elementwise import (
     dropout_bwd,
@@ -68,4 +69,7 @@ __all__ = [
     "sgd_update_state",
     "gemm",
     "gemm_workspace_size",
+    "gather_batch",
+    "batch_state_advance",
+    "affine_params",
 ]

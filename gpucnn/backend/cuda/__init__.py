@@ -3,18 +3,21 @@ the same functions, names and signatures (tests/backend/test_contract.py checks 
 
 window.py (im2col, col2im), pool.py (max, average and global pooling), elementwise.py (ReLU,
 dropout, softmax cross-entropy), batchnorm.py, optim.py (fused Adam and SGD), warp.py
-(augmentation) and gemm.py (tiled and split-K GEMM, for a step captured in a CUDA graph, where
-cuBLAS is refused) each hold their ``*_kernel`` functions and the launchers that call them;
+(augmentation), gemm.py (tiled and split-K GEMM, for a step captured in a CUDA graph, where
+cuBLAS is refused) and batch.py (batches gathered and augmentation drawn on the device, for
+the same captured step) each hold their ``*_kernel`` functions and the launchers that call them;
 launch.py holds what the launchers share (the one stream, launch shapes, argument checks).
 
 For a step captured in a CUDA graph, whose launch arguments are frozen, the ``*_state``
 launchers read what changes per step from small device arrays (formulas.STATE_SIZE for the
-optimizers, formulas.DROPOUT_SEED for dropout) that ``optim_state_advance`` and
-``dropout_state_advance`` move on once per step.
+optimizers, formulas.DROPOUT_SEED for dropout, formulas.BATCH_STEP for the batch) that
+``optim_state_advance``, ``dropout_state_advance`` and ``batch_state_advance`` move on once per
+step.
 """
 
-from gpucnn.backend.cuda import batchnorm, elementwise, optim, pool, warp, window
+from gpucnn.backend.cuda import batch, batchnorm, elementwise, optim, pool, warp, window
 from gpucnn.backend.cuda import gemm as gemm_module  # the name gemm is its launcher, below
+from gpucnn.backend.cuda.batch import affine_params, batch_state_advance, gather_batch
 from gpucnn.backend.cuda.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
 from gpucnn.backend.cuda.elementwise import (
     dropout_bwd,
@@ -49,7 +52,7 @@ from gpucnn.backend.cuda.window import col2im, im2col
 
 # the modules whose *_kernel functions are this backend's device code (tests and
 # benchmarks/gpu_check.py wrap them to record or count launches)
-KERNEL_MODULES = (window, pool, elementwise, batchnorm, optim, warp, gemm_module)
+KERNEL_MODULES = (window, pool, elementwise, batchnorm, optim, warp, gemm_module, batch)
 
 __all__ = [
     "affine_warp",
@@ -80,4 +83,7 @@ __all__ = [
     "sgd_update_state",
     "gemm",
     "gemm_workspace_size",
+    "gather_batch",
+    "batch_state_advance",
+    "affine_params",
 ]
