@@ -32,7 +32,7 @@ from typing import Any
 
 from gpucnn.flows import local_api
 from gpucnn.logs import show_info
-from gpucnn.train.config import TrainConfig, field_types
+from gpucnn.train.config import PRESETS, TrainConfig, field_types
 
 GROUPS = {"run": "run", "where": "where the data comes from"}
 
@@ -71,6 +71,29 @@ def add_config_options(ap: argparse.ArgumentParser) -> None:
         else:
             kwargs.update(type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"))
         groups[meta.get("group", "run")].add_argument(flag, **kwargs)
+
+
+def add_preset_option(ap: argparse.ArgumentParser) -> None:
+    """``--preset NAME``: a named recipe (gpucnn.train.config.PRESETS) whose values become the
+    options' defaults; options given on the command line win (see :func:`parse_args`)."""
+    ap.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="start from a named recipe; options given explicitly override it (fast: the seed "
+        "model, batch 256, one cycle of 2 epochs: MNIST to 99%% test accuracy)",
+    )
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with ``ap``; a ``--preset``'s values are the defaults, so options given
+    explicitly win (two passes: the preset first, then everything)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.preset:
+        ap.set_defaults(**PRESETS[known.preset])
+    return ap.parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:

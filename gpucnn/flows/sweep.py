@@ -16,8 +16,10 @@ from typing import Any
 
 from gpucnn.flows.cli import (
     add_config_options,
+    add_preset_option,
     config_from,
     expand_grid,
+    parse_args,
     parse_value,
     prepare_prefect_env,
     quiet_expected_tracebacks,
@@ -84,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run trials on this Dask scheduler (needs prefect-dask)",
     )
     ap.add_argument("--json", action="store_true", help="print the rows as JSON, not a table")
+    add_preset_option(ap)
     add_config_options(ap)
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
 
     def body() -> None:
         grid = parse_grid(args.grid)

@@ -22,7 +22,9 @@ import sys
 from gpucnn.backend import get_backend
 from gpucnn.flows.cli import (
     add_config_options,
+    add_preset_option,
     config_from,
+    parse_args,
     prepare_prefect_env,
     quiet_expected_tracebacks,
     run_cli,
@@ -35,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_preset_option(ap)
     add_config_options(ap)
     out = ap.add_argument_group("output")
     out.add_argument("--output-dir", default="runs", help="parent of run folders (default: runs)")
@@ -59,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), argv)
 
     def body() -> None:
         from pathlib import Path

@@ -1,6 +1,12 @@
 """Training: the Trainer, callbacks, checkpoints, metrics and transfer learning."""
 
-from gpucnn.train.callbacks import Callback, EarlyStopping, ModelCheckpoint, PlateauScheduler
+from gpucnn.train.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    OneCycleScheduler,
+    PlateauScheduler,
+)
 from gpucnn.train.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -28,6 +34,7 @@ __all__ = [
     "ModelCheckpoint",
     "NonFiniteLossError",
     "NonFiniteParametersError",
+    "OneCycleScheduler",
     "PlateauScheduler",
     "TensorBoardLogger",
     "Trainer",

@@ -1,4 +1,4 @@
-"""Callbacks: early stopping, the plateau scheduler, and checkpointing.
+"""Callbacks: early stopping, the plateau and one-cycle schedulers, and checkpointing.
 
 EarlyStopping and PlateauScheduler decide "better" with the same rule
 (gpucnn.optim.Improvement), so min_delta / threshold mean the same thing in both.
@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpucnn.optim import Improvement, ReduceLROnPlateau
+from gpucnn.optim import Improvement, OneCycleLR, ReduceLROnPlateau
+from gpucnn.optim.onecycle import check_one_cycle
 from gpucnn.train.runs import plural
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ class Callback:
 
     def on_train_begin(self, trainer: Trainer) -> None:
         pass
+
+    def on_batch_end(self, trainer: Trainer, step: int) -> None:
+        """After each optimizer step; ``step`` counts the run's steps so far (from 1). The
+        Trainer calls it only on callbacks that override it: a step costs the others nothing."""
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         pass
@@ -319,3 +324,95 @@ class ModelCheckpoint(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = float(state["best"])
         self.best_epoch = int(state.get("best_epoch", 0))
+
+
+class OneCycleScheduler(Callback):
+    """OneCycleLR as a callback, stepped after every batch (``on_batch_end``).
+
+    The schedule is built when training begins (setting the optimizer's lr to
+    ``max_lr / div_factor``), so the lr the Trainer records for an epoch is the schedule's
+    value at the epoch's first batch. Its position is saved in checkpoints; a resumed run
+    continues the schedule exactly, and the lr of its next batch is the one saved.
+
+    Args:
+        max_lr: the peak learning rate.
+        epochs: the epochs the cycle spans (the run's ``epochs``).
+        steps_per_epoch: ``len(train_loader)``; checked after each epoch.
+        total_steps: instead of epochs and steps_per_epoch (not checked per epoch).
+        pct_start, anneal_strategy, div_factor, final_div_factor, three_phase: as
+            :class:`gpucnn.optim.OneCycleLR`.
+    """
+
+    def __init__(
+        self,
+        max_lr: float,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        total_steps: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+    ) -> None:
+        self.kwargs = {
+            "max_lr": max_lr,
+            "total_steps": total_steps,
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "pct_start": pct_start,
+            "anneal_strategy": anneal_strategy,
+            "div_factor": div_factor,
+            "final_div_factor": final_div_factor,
+            "three_phase": three_phase,
+        }
+        self.steps_per_epoch = steps_per_epoch if total_steps is None else None
+        self.scheduler: OneCycleLR | None = None
+        self._pending: dict[str, Any] | None = None
+        check_one_cycle(**self.kwargs)  # now, not when training begins
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if self.scheduler is None or self.scheduler.optimizer is not trainer.optimizer:
+            self.scheduler = OneCycleLR(trainer.optimizer, **self.kwargs)
+        if self._pending is not None:
+            saved, ours = int(self._pending["total_steps"]), self.scheduler.total_steps
+            if saved != ours:
+                raise ValueError(
+                    f"OneCycleScheduler: the checkpoint's cycle spans {saved} steps, this "
+                    f"run's {ours}: a one-cycle run resumes only with the epochs and batches "
+                    "it started with"
+                )
+            self.scheduler.load_state_dict(self._pending)
+            trainer.optimizer.lr = self.scheduler.get_last_lr()[0]  # the saved lr, exactly
+            self._pending = None
+
+    def on_batch_end(self, trainer: Trainer, step: int) -> None:
+        assert self.scheduler is not None
+        try:
+            self.scheduler.step()
+        except ValueError as exc:
+            raise ValueError(
+                f"OneCycleScheduler: {exc}; the run went on past the cycle it was built for"
+            ) from None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        assert self.scheduler is not None
+        if self.steps_per_epoch is None:
+            return
+        expected = (epoch + 1) * self.steps_per_epoch
+        if self.scheduler.last_epoch != expected:
+            raise ValueError(
+                f"OneCycleScheduler: built for {self.steps_per_epoch} steps per epoch, but "
+                f"after epoch {epoch + 1} it has stepped {self.scheduler.last_epoch} times, not "
+                f"{expected}; pass steps_per_epoch=len(train_loader)"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict() if self.scheduler is not None else (self._pending or {})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = {k: (v.item() if hasattr(v, "item") else v) for k, v in state.items()}
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+        else:
+            self._pending = state

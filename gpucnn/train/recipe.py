@@ -19,7 +19,13 @@ import numpy as np
 from gpucnn import data, models, nn, optim
 from gpucnn.backend import Backend, get_backend
 from gpucnn.train.atomic import remove_stale_parts, write_json
-from gpucnn.train.callbacks import EarlyStopping, ModelCheckpoint, PlateauScheduler
+from gpucnn.train.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    OneCycleScheduler,
+    PlateauScheduler,
+)
 from gpucnn.train.checkpoint import load_checkpoint
 from gpucnn.train.config import TrainConfig
 from gpucnn.train.loggers import CSVLogger, TensorBoardLogger
@@ -78,11 +84,15 @@ def build_trainer(
     opt = optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad
     )
+    if config.schedule == "onecycle":  # per batch; no plateau cuts on top of the cycle
+        scheduler: Callback = OneCycleScheduler(**config.one_cycle_settings())
+    else:
+        scheduler = PlateauScheduler(
+            "val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
+        )
     callbacks = [
         EarlyStopping(config.monitor, patience=config.patience),
-        PlateauScheduler(
-            "val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
-        ),
+        scheduler,
         ModelCheckpoint(run_dir / "checkpoints", monitor=config.monitor),
         CSVLogger(run_dir / "history.csv"),
         *extra_callbacks,

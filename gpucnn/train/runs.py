@@ -52,9 +52,12 @@ _held_guard = threading.Lock()
 
 
 def config_digest(config: TrainConfig) -> str:
-    """8 hex digits of what a config computes (LOCATION fields left out): the same recipe
-    finds the same folder, so a re-run after a crash resumes instead of starting over."""
-    d = {k: v for k, v in config.to_dict().items() if k not in LOCATION}
+    """8 hex digits of what a config computes: the fields that differ from their defaults
+    (LOCATION fields left out). The same recipe finds the same folder, so a re-run after a
+    crash resumes instead of starting over, and a field added to TrainConfig later (at its
+    default) leaves every earlier run's name as it was."""
+    defaults = TrainConfig().to_dict()
+    d = {k: v for k, v in config.to_dict().items() if k not in LOCATION and v != defaults.get(k)}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -43,7 +43,8 @@ HISTORY_KEYS = (
 
 
 class Trainer:
-    """Fit a model with a criterion and an optimizer, calling callbacks after each epoch.
+    """Fit a model with a criterion and an optimizer, calling callbacks after each epoch (and,
+    those that define ``on_batch_end``, after each optimizer step).
 
     Args:
         model: the network (moved to ``device``).
@@ -196,6 +197,12 @@ class Trainer:
         # in host memory reading the loss costs nothing, so check every step (before the update)
         check_every = 1 if self.backend.host_memory else self.log_every
         checked = 0
+        # only callbacks that override on_batch_end are called per step
+        batch_callbacks = [
+            c
+            for c in self.callbacks
+            if getattr(type(c), "on_batch_end", Callback.on_batch_end) is not Callback.on_batch_end
+        ]
         self.progress.begin(f"epoch {epoch + 1}/{epochs}", n_batches)
         start = time.perf_counter()
         i = -1
@@ -216,6 +223,8 @@ class Trainer:
             correct += (logits.argmax(axis=1) == y).sum()
             sizes[i] = len(y)
             self.global_step += 1
+            for cb in batch_callbacks:  # after the update: e.g. the lr of the next batch
+                cb.on_batch_end(self, self.global_step)
             if (i + 1) % self.log_every == 0:
                 self.progress.update(i + 1, f"loss {float(losses[i]):.4f}")
         if i + 1 != n_batches:

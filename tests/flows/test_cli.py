@@ -209,3 +209,23 @@ def test_resuming_a_run_with_another_config_fails_at_once_naming_the_fields(tmp_
     assert out.returncode == 1
     assert "lr 0.001 there, 0.05 now" in out.stderr and "--overwrite" in out.stderr
     assert sorted(p.name for p in (tmp_path / "runs" / "r1").iterdir()) == ["config.json"]
+
+
+def test_a_preset_gives_the_defaults_and_explicit_options_win():
+    from gpucnn.flows.cli import config_from, parse_args
+    from gpucnn.flows.train import parser
+    from gpucnn.train.config import TrainConfig
+
+    config = config_from(parse_args(parser(), ["--preset", "fast", "--epochs", "3"]))
+    assert config == TrainConfig.preset("fast", epochs=3)
+    assert config.schedule == "onecycle" and config.batch_size == 256
+    assert config_from(parse_args(parser(), [])) == TrainConfig()
+
+
+def test_run_names_do_not_change_when_a_field_is_added_at_its_default():
+    from gpucnn.train.config import TrainConfig
+    from gpucnn.train.runs import config_digest
+
+    # the digest covers the fields that differ from their defaults, so it stays stable
+    assert config_digest(TrainConfig()) == config_digest(TrainConfig(device="cpu"))
+    assert config_digest(TrainConfig()) != config_digest(TrainConfig(lr=3e-4))
