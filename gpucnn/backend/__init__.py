@@ -9,9 +9,11 @@ that backend's kernels; the device branch happens once, here, not throughout the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -96,6 +98,60 @@ class CudaBackend(Backend):
 
         self.stream.use()
         launch.use_stream(self.stream)
+
+    @contextlib.contextmanager
+    def capturable(self) -> Iterator[None]:
+        """Run the block's launches as a capture would (the GEMM kernels in place of cuBLAS,
+        gpucnn.backend.cuda.launch.capturing) without capturing: the warm-up of a step that
+        is captured later, which compiles every kernel the capture will hold."""
+        from gpucnn.backend.cuda import launch
+
+        with launch.capturable():
+            yield
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[Capture]:
+        """Capture the block's work on ``stream`` into a CUDA graph: ``capture.graph`` once the
+        block has ended (``graph.launch(backend.stream)`` replays it).
+
+        Nothing in the block runs: CUDA records the launches with their arguments (so what
+        changes per step must be read from device arrays) and refuses host reads and cuBLAS,
+        which launchers avoid here (launch.capturing()). Memory allocated in the block comes
+        from CuPy's default pool through an allocator that keeps every block it hands out in
+        ``capture.kept``: the graph reads and writes those addresses at every launch, so none
+        may go back to the pool while the graph lives. Keep the Capture as long as the graph.
+        When the block raises, the capture is ended (its graph discarded) and the error
+        propagates.
+        """
+        from gpucnn.backend.cuda import launch
+
+        self.prepare()  # the stream is current for CuPy and Numba
+        capture = Capture()
+        pool = self.xp.get_default_memory_pool()
+
+        def keep(size: int) -> Any:
+            memory = pool.malloc(size)
+            capture.kept.append(memory)
+            return memory
+
+        with launch.capturable(), self.xp.cuda.using_allocator(keep):
+            self.stream.begin_capture()
+            try:
+                yield capture
+            except BaseException:
+                with contextlib.suppress(Exception):  # an invalidated capture raises here too
+                    self.stream.end_capture()
+                raise
+            capture.graph = self.stream.end_capture()
+
+
+@dataclass
+class Capture:
+    """What :meth:`CudaBackend.capture` hands out: the graph (once the block has ended) and the
+    memory blocks it uses, which must outlive it."""
+
+    graph: Any = None
+    kept: list = field(default_factory=list)
 
 
 @functools.cache

@@ -15,6 +15,7 @@ from gpucnn.functional.activation import (
 from gpucnn.functional.batchnorm import batchnorm2d_backward, batchnorm2d_forward
 from gpucnn.functional.conv import conv2d_backward, conv2d_forward, resolve_padding
 from gpucnn.functional.dropout import dropout_backward, dropout_forward
+from gpucnn.functional.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from gpucnn.functional.linear import linear_backward, linear_forward
 from gpucnn.functional.loss import cross_entropy_backward, cross_entropy_forward
 from gpucnn.functional.pool import (
@@ -35,6 +36,8 @@ __all__ = [
     "batchnorm2d_forward",
     "conv2d_backward",
     "conv2d_forward",
+    "conv2d_relu_maxpool_backward",
+    "conv2d_relu_maxpool_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "dropout_backward",

@@ -14,6 +14,9 @@ As matrices, with cols = im2col(x) of shape (C*k*k, N*OH*OW) and Wm = w.reshape(
     dW = dY @ cols.T                     (F, C*k*k)
     db = dY summed over its columns      (F,)
     dx = col2im(Wm.T @ dY)               (N, C, H, W)
+
+The products are the backend's ``kernels.matmul`` (NumPy's or CuPy's ``@``; the GEMM kernels
+while a CUDA step is captured into a graph, where cuBLAS is refused).
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def conv2d_forward(
     n = x.shape[0]
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
-    yt = (w.reshape(f, -1) @ cols).reshape(f, n, oh, ow).transpose(1, 0, 2, 3)  # (F, N*OH*OW)
+    yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
+    yt = yt.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
     y = be.xp.empty((n, f, oh, ow), dtype=yt.dtype)
     if b is not None:  # the bias rides along the one pass that transposes to (N, F, OH, OW)
         be.xp.add(yt, b[None, :, None, None], out=y)
@@ -102,10 +106,11 @@ def conv2d_backward(
     be = backend_of(dy)
     f, _, k, _ = w.shape
     dy2 = dy.transpose(1, 0, 2, 3).reshape(f, -1)  # (F, N*OH*OW)
-    dw = (dy2 @ cols.T).reshape(w.shape) if need_params else None
+    dw = be.kernels.matmul(dy2, cols.T).reshape(w.shape) if need_params else None
     db = dy2.sum(axis=1) if has_bias and need_params else None
     dx = None
     if need_dx:
-        dcols = w.reshape(f, -1).T @ dy2  # (C*k*k, N*OH*OW), a temporary: col2im may reuse it
+        # (C*k*k, N*OH*OW), a temporary: col2im may reuse it
+        dcols = be.kernels.matmul(w.reshape(f, -1).T, dy2)
         dx = be.kernels.col2im(dcols, x_shape, k, stride, pad, overwrite_cols=True)
     return dx, dw, db

@@ -1,12 +1,16 @@
 """Fully connected layer: y = x W^T + b, with W (out, in) as in PyTorch.
 
 Backward: dx = dy W, dW = dy^T x, db = sum over the batch of dy.
+
+The products are the backend's ``kernels.matmul`` (NumPy's or CuPy's ``@``; the GEMM kernels
+while a CUDA step is captured into a graph, where cuBLAS is refused).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gpucnn.backend import backend_of
 from gpucnn.functional.checks import check_channels, check_float, check_rank
 
 
@@ -15,7 +19,7 @@ def linear_forward(x: Any, w: Any, b: Any = None) -> tuple[Any, tuple]:
     check_rank("Linear", x, 2, "(N, in_features)")
     check_float("Linear", x, like=w)
     check_channels("Linear", x, w.shape[1])
-    y = x @ w.T
+    y = backend_of(x, w).kernels.matmul(x, w.T)
     if b is not None:
         y += b
     return y, (x, w, b is not None)
@@ -26,7 +30,8 @@ def linear_backward(
 ) -> tuple[Any, Any, Any]:
     """Shape: dy (N, out) -> dx (N, in), dw (out, in), db (out,) (None where not needed)."""
     x, w, has_bias = cache
-    dx = dy @ w if need_dx else None
-    dw = dy.T @ x if need_params else None
+    matmul = backend_of(dy).kernels.matmul
+    dx = matmul(dy, w) if need_dx else None
+    dw = matmul(dy.T, x) if need_params else None
     db = dy.sum(axis=0) if has_bias and need_params else None
     return dx, dw, db

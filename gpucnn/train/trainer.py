@@ -60,6 +60,9 @@ class Trainer:
             shard of the batch (gpucnn.train.parallel; the gradients are those of the whole
             batch, BatchNorm statistics and dropout masks included). None: one per core, at
             most 8; 1: serial. The GPU ignores it.
+        cuda_graph: on CUDA, run each training step as a captured CUDA graph replayed per
+            batch (gpucnn.train.graph): "auto" when the fit allows it (else it logs why and
+            trains eagerly), True to insist (a TrainingError says why not), False never.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Trainer:
         config: dict[str, Any] | None = None,
         progress: bool = True,
         workers: int | None = None,
+        cuda_graph: bool | str = "auto",
     ) -> None:
         self.progress = Progress(progress)  # first: the lines below may log (device, malloc)
         self.backend = get_backend(device)
@@ -81,6 +85,12 @@ class Trainer:
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise ValueError(f"Trainer: workers must be an integer >= 1 or None, got {workers!r}")
         self.workers = workers
+        if cuda_graph not in (True, False, "auto"):
+            raise ValueError(
+                f"Trainer: cuda_graph must be True, False or 'auto', got {cuda_graph!r}"
+            )
+        self.cuda_graph = cuda_graph
+        self._graph: Any = None
         self.model = model.to(self.backend)
         self.criterion, self.optimizer = criterion, optimizer
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
@@ -289,18 +299,43 @@ class Trainer:
             if self._parallel is not None:
                 self._parallel.close()
                 self._parallel = None
+            if self._graph is not None:
+                self._graph.close()
+                self._graph = None
         return self.history
+
+    def _graph_training(self, train_loader: Any) -> Any:
+        """The CUDA-graph runner for this fit, or None (see ``cuda_graph``)."""
+        if self.cuda_graph is False:
+            return None
+        from gpucnn.train import graph
+
+        reason = graph.unsupported(self, train_loader)
+        if reason is None:
+            return graph.GraphTraining(self, train_loader)
+        if self.cuda_graph is True:
+            raise TrainingError(f"cuda_graph=True, but {reason}")
+        if self.backend.name == "cuda":
+            self.log(f"training eagerly: {reason}")
+        return None
 
     def _fit(self, train_loader: Any, val_loader: Any, epochs: int) -> None:
         for cb in self.callbacks:
             cb.on_train_begin(self)  # may stop at once: a resumed run that had already stopped
+        # after on_train_begin: resuming may have replaced the optimizer's arrays
+        self._graph = self._graph_training(train_loader)
         while self.epoch < epochs and not self.stop_training:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
             lr = self.optimizer.lr
             t0 = time.perf_counter()
-            logs = self._train_epoch(train_loader, epoch, epochs)
+            run_epoch = self._graph.train_epoch if self._graph else self._train_epoch
+            logs = run_epoch(train_loader, epoch, epochs)
+            if self._graph is not None and self._graph.fallback is not None:
+                self.log(f"training eagerly: {self._graph.fallback}")
+                self._graph.close()
+                self._graph = None
             if val_loader is not None:
                 val = self.evaluate(val_loader)
                 logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]

@@ -153,6 +153,34 @@ def test_gemm_refuses_shapes_and_dtypes_that_do_not_fit():
     np.testing.assert_array_equal(cpu.gemm(a, b, np.ones((3, 5), np.float32), True), 0)
 
 
+def test_matmul_is_numpys_product_bit_for_bit():
+    from gpucnn.backend import cpu
+
+    g = np.random.default_rng(6)
+    a, b = g.standard_normal((7, 33)).astype(np.float32), g.standard_normal((5, 33))
+    b = b.astype(np.float32)
+    for x, y in ((a, b.T), (b, a.T), (a.T.copy().T, b.T)):
+        got = cpu.matmul(x, y)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, x @ y)
+
+
+def test_record_step_writes_at_the_batch_step_and_nothing_past_the_end():
+    from gpucnn.backend import cpu, formulas
+
+    values = np.zeros(3, np.float32)
+    state = formulas.batch_state(epoch=4)
+    for step, value in enumerate((0.5, 1.5, 2.5, 9.0)):  # the 4th step is past the end
+        cpu.record_step(values, state, np.array(value, np.float32))
+        cpu.batch_state_advance(state)
+        assert state[formulas.BATCH_STEP] == step + 1
+    np.testing.assert_array_equal(values, [0.5, 1.5, 2.5])
+    with pytest.raises(ValueError, match="one value of values' dtype float32"):
+        cpu.record_step(values, state, np.zeros(1, np.float64))
+    with pytest.raises(ValueError, match="int64 state array"):
+        cpu.record_step(values, np.zeros(4, np.int32), np.zeros(1, np.float32))
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # uint64 wraps
 def test_dropout_from_a_state_array_draws_the_mask_of_its_steps_key():
     from gpucnn.backend import cpu, formulas
@@ -284,3 +312,42 @@ def test_affine_params_are_reproducible_from_seed_epoch_and_step():
     np.testing.assert_array_equal(cpu.affine_warp(x, inv, shift), x[..., ::-1])
     inv, shift = draw(1, 2, 3, (0.0, (0.0, 0.0), (1.0, 1.0), 0.0))  # nothing: the identity
     np.testing.assert_array_equal(cpu.affine_warp(x, inv, shift), x)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 8, 6), (2, 1, 7, 5), (1, 3, 2, 3), (4, 2, 28, 28)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_conv_epilogue_matches_the_pool_and_relu_kernels(shape, dtype):
+    """conv_relu_pool2x2_fwd/bwd on (F, N, OH, OW) against bias + transpose, maxpool2d and
+    ReLU one by one: y, argmax and dY2 bit for bit (NaN, inf, ties, odd sizes), db to
+    rounding (float64 accumulation against NumPy's pairwise sum)."""
+    from gpucnn.backend import cpu
+
+    g = np.random.default_rng(4)
+    yt = g.standard_normal(shape).astype(dtype)
+    yt.flat[g.choice(yt.size, 3, replace=False)] = np.nan
+    yt.flat[g.choice(yt.size, 3, replace=False)] = np.inf
+    yt.flat[g.choice(yt.size, 3, replace=False)] = -np.inf
+    yt[0, 0, :2, :2] = 0.25  # a tie: the first wins
+    yt[-1, -1, :2, :2] = -5.0  # all negative: y = 0, no gradient
+    b = g.standard_normal(shape[0]).astype(dtype)
+    b[-1] = 0.0
+    nf, n, oh, ow = shape
+    z = yt.transpose(1, 0, 2, 3) + b[None, :, None, None]  # what conv2d_forward hands the pool
+    m, arg_ref = cpu.maxpool2d_fwd(z, 2, 2, 0)
+    y_ref = cpu.relu_fwd(m)
+    y, arg = cpu.conv_relu_pool2x2_fwd(yt, b)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    dy = g.standard_normal(y.shape).astype(dtype)
+    dz = cpu.maxpool2d_bwd(cpu.relu_bwd(dy, y_ref), arg_ref, z.shape, 2, 2, 0)
+    dy2_ref = dz.transpose(1, 0, 2, 3).reshape(nf, -1)  # what conv2d_backward makes of it
+    dy2, db = cpu.conv_relu_pool2x2_bwd(dy, arg, y, (oh, ow))
+    np.testing.assert_array_equal(dy2, dy2_ref)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(db, dy2_ref.sum(axis=1), rtol=tol, atol=tol)
+    y0, arg0 = cpu.conv_relu_pool2x2_fwd(yt, None)  # no bias: the GEMM output itself
+    np.testing.assert_array_equal(
+        y0, cpu.relu_fwd(cpu.maxpool2d_fwd(yt.transpose(1, 0, 2, 3), 2, 2, 0)[0])
+    )
+    with pytest.raises(ValueError, match="must all be"):
+        cpu.conv_relu_pool2x2_bwd(dy, arg, y, (oh + 2, ow))

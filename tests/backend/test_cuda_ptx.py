@@ -61,6 +61,8 @@ def _every_launch() -> None:
         gpu.avgpool2d_fwd(x, k, s, p)
         gpu.avgpool2d_bwd(f32(2, 3, 3, 3), x.shape, k, s, p)
     gpu.affine_warp(x, f32(2, 4), f32(2, 2))
+    y, arg = gpu.conv_relu_pool2x2_fwd(f32(3, 2, 6, 5), f32(3))  # the fused conv epilogue
+    gpu.conv_relu_pool2x2_bwd(f32(2, 3, 3, 2), arg, y, (6, 5))
     _, arg = gpu.global_maxpool2d_fwd(x)
     gpu.global_maxpool2d_bwd(f32(2, 3), arg, x.shape)
     gpu.relu_fwd(x)
@@ -91,6 +93,7 @@ def _every_launch() -> None:
     gpu.gather_batch(images, np.arange(9), np.arange(9), batch, 4, 0.1, 0.3, f32(2, 1, 5, 6),
                      np.zeros(2, np.int64))  # fmt: skip
     gpu.affine_params(batch, 7, x.shape, 10.0, (0.1, 0.1), (0.9, 1.1), 0.5, f32(2, 4), f32(2, 2))
+    gpu.record_step(f32(3), batch, f32(1))
     gpu.batch_state_advance(batch)
     assert cols.shape == (27, 72)
 

@@ -2,12 +2,18 @@
 
 The window kernels share one layout: ``cols`` is (C*k*k, N*OH*OW), rows ordered (c, i, j) for
 channel c and kernel offset (i, j), columns ordered (n, oh, ow). Convolution is then one GEMM
-with the (F, C*k*k) weight matrix. Pooling loops over the N*C planes directly. Elementwise
-kernels and optimizer updates compile the per-element rules of gpucnn.backend.formulas, which
-the CUDA kernels compile too.
+with the (F, C*k*k) weight matrix; fused.py is that GEMM's epilogue when a ReLU and a 2×2 max
+pool follow (and the backward GEMMs' prologue). Pooling loops over the N*C planes directly.
+Elementwise kernels and optimizer updates compile the per-element rules of
+gpucnn.backend.formulas, which the CUDA kernels compile too.
 """
 
-from gpucnn.backend.cpu.batch import affine_params, batch_state_advance, gather_batch
+from gpucnn.backend.cpu.batch import (
+    affine_params,
+    batch_state_advance,
+    gather_batch,
+    record_step,
+)
 from gpucnn.backend.cpu.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
 from gpucnn.backend.cpu.elementwise import (
     dropout_bwd,
@@ -19,7 +25,8 @@ from gpucnn.backend.cpu.elementwise import (
     relu_fwd,
     softmax_xent_fwd,
 )
-from gpucnn.backend.cpu.gemm import gemm, gemm_workspace_size
+from gpucnn.backend.cpu.fused import conv_relu_pool2x2_bwd, conv_relu_pool2x2_fwd
+from gpucnn.backend.cpu.gemm import gemm, gemm_workspace_size, matmul
 from gpucnn.backend.cpu.optim import (
     adam_update,
     adam_update_state,
@@ -40,6 +47,10 @@ from gpucnn.backend.cpu.pool import (
 from gpucnn.backend.cpu.warp import affine_warp
 from gpucnn.backend.cpu.window import col2im, im2col
 
+# nn.Sequential runs Conv2d -> ReLU -> MaxPool2d(2) as one conv2d_relu_maxpool step (fused.py)
+# on this backend: measured faster, benchmarks/results/fused-cpu.md
+FUSES_CONV_RELU_POOL = True
+
 __all__ = [
     "affine_warp",
     "im2col",
@@ -48,6 +59,8 @@ __all__ = [
     "maxpool2d_bwd",
     "avgpool2d_fwd",
     "avgpool2d_bwd",
+    "conv_relu_pool2x2_fwd",
+    "conv_relu_pool2x2_bwd",
     "global_avgpool2d_fwd",
     "global_avgpool2d_bwd",
     "global_maxpool2d_fwd",
@@ -69,7 +82,9 @@ __all__ = [
     "sgd_update_state",
     "gemm",
     "gemm_workspace_size",
+    "matmul",
     "gather_batch",
     "batch_state_advance",
     "affine_params",
+    "record_step",
 ]

@@ -4,9 +4,10 @@ What changes from one step to the next is read from a batch state array (int64, 
 formulas.BATCH_STATE_SIZE), never passed as an argument, so a replayed step reads batch i + 1
 after batch i: ``gather_batch`` gathers and normalises batch number state[BATCH_STEP] of a
 permutation into static buffers, ``affine_params`` draws that step's augmentation parameters
-from the keyed hash, and ``batch_state_advance`` moves the state on. The per-element rules are
-gpucnn.backend.formulas, which the CUDA kernels compile too: both devices gather the same
-bits, equal to gpucnn.data.normalize's, and draw the same parameters.
+from the keyed hash, ``record_step`` writes a step's value (loss, gradient norm) into slot
+state[BATCH_STEP] of a per-epoch array, and ``batch_state_advance`` moves the state on. The
+per-element rules are gpucnn.backend.formulas, which the CUDA kernels compile too: both
+devices gather the same bits, equal to gpucnn.data.normalize's, and draw the same parameters.
 """
 
 from __future__ import annotations
@@ -149,6 +150,26 @@ def batch_state_advance(state: np.ndarray) -> None:
     """Move a batch state on to the next batch (once per training step, after its last use)."""
     formulas.check_state("batch_state_advance", state, np.int64, BATCH_STATE_SIZE)
     _batch_advance(state)
+
+
+def record_step(values: np.ndarray, state: np.ndarray, value: np.ndarray) -> None:
+    """values[state[BATCH_STEP]] = value (nothing when the step is past the end of ``values``):
+    a step's loss or gradient norm, recorded where the step counter says, so the same launch
+    replayed step after step fills a per-epoch array. Shape: values (S,), state int64
+    (BATCH_STATE_SIZE,), value one element (0-d or (1,)) of values' dtype."""
+    formulas.check_state("record_step", state, np.int64, BATCH_STATE_SIZE)
+    if values.ndim != 1 or not values.flags.c_contiguous:
+        raise ValueError(
+            f"record_step: expected a C-contiguous 1-D values array, got {tuple(values.shape)}"
+        )
+    if value.size != 1 or value.dtype != values.dtype:
+        raise ValueError(
+            f"record_step: expected one value of values' dtype {values.dtype}, got "
+            f"{tuple(value.shape)} {value.dtype}"
+        )
+    s = int(state[BATCH_STEP])
+    if 0 <= s < values.shape[0]:
+        values[s] = value.reshape(1)[0]
 
 
 def affine_params(

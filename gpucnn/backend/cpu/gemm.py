@@ -5,6 +5,10 @@ in place of cuBLAS; here NumPy's matmul (BLAS) does the work.
 With ``beta == 0`` the product goes straight into ``out`` (never read, so it may hold
 garbage); otherwise a temporary holds it. Nothing here splits K, so ``gemm_workspace_size``
 is 0 and ``workspace`` is accepted for the CUDA twin's sake.
+
+``matmul(a, b)`` is the product the functional ops (conv, linear) call: NumPy's ``a @ b``, so
+the CPU path computes exactly what it computed before they called it (the CUDA twin switches
+to the GEMM kernels while a step is captured into a CUDA graph).
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["gemm", "gemm_workspace_size"]
+__all__ = ["gemm", "gemm_workspace_size", "matmul"]
 
 
 def gemm_workspace_size(m: int, n: int, k: int) -> int:
     """Elements ``gemm`` needs in ``workspace`` for an M×N product over K: none on the CPU."""
     return 0
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """Shape: a (M, K), b (K, N) -> a @ b (M, N), a new array (NumPy's matmul, BLAS)."""
+    return a @ b
 
 
 def gemm(

@@ -1,7 +1,8 @@
 """CUDA kernels (Numba) and their launchers, one file per family mirroring gpucnn.backend.cpu:
 the same functions, names and signatures (tests/backend/test_contract.py checks it).
 
-window.py (im2col, col2im), pool.py (max, average and global pooling), elementwise.py (ReLU,
+window.py (im2col, col2im), pool.py (max, average and global pooling), fused.py (a conv's
+bias + ReLU + 2×2 max pool after its GEMM, and their backward), elementwise.py (ReLU,
 dropout, softmax cross-entropy), batchnorm.py, optim.py (fused Adam and SGD), warp.py
 (augmentation), gemm.py (tiled and split-K GEMM, for a step captured in a CUDA graph, where
 cuBLAS is refused) and batch.py (batches gathered and augmentation drawn on the device, for
@@ -15,9 +16,14 @@ optimizers, formulas.DROPOUT_SEED for dropout, formulas.BATCH_STEP for the batch
 step.
 """
 
-from gpucnn.backend.cuda import batch, batchnorm, elementwise, optim, pool, warp, window
+from gpucnn.backend.cuda import batch, batchnorm, elementwise, fused, optim, pool, warp, window
 from gpucnn.backend.cuda import gemm as gemm_module  # the name gemm is its launcher, below
-from gpucnn.backend.cuda.batch import affine_params, batch_state_advance, gather_batch
+from gpucnn.backend.cuda.batch import (
+    affine_params,
+    batch_state_advance,
+    gather_batch,
+    record_step,
+)
 from gpucnn.backend.cuda.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
 from gpucnn.backend.cuda.elementwise import (
     dropout_bwd,
@@ -29,7 +35,8 @@ from gpucnn.backend.cuda.elementwise import (
     relu_fwd,
     softmax_xent_fwd,
 )
-from gpucnn.backend.cuda.gemm import gemm, gemm_workspace_size
+from gpucnn.backend.cuda.fused import conv_relu_pool2x2_bwd, conv_relu_pool2x2_fwd
+from gpucnn.backend.cuda.gemm import gemm, gemm_workspace_size, matmul
 from gpucnn.backend.cuda.optim import (
     adam_update,
     adam_update_state,
@@ -52,7 +59,12 @@ from gpucnn.backend.cuda.window import col2im, im2col
 
 # the modules whose *_kernel functions are this backend's device code (tests and
 # benchmarks/gpu_check.py wrap them to record or count launches)
-KERNEL_MODULES = (window, pool, elementwise, batchnorm, optim, warp, gemm_module, batch)
+KERNEL_MODULES = (window, pool, elementwise, batchnorm, optim, warp, gemm_module, batch, fused)
+
+# Whether nn.Sequential runs Conv2d -> ReLU -> MaxPool2d(2) as one conv2d_relu_maxpool step
+# (fused.py) on this backend: not until timed faster on a GPU (benchmarks/results/fused-cpu.md
+# says what to measure); the kernels are tested in the simulator and compiled to PTX meanwhile
+FUSES_CONV_RELU_POOL = False
 
 __all__ = [
     "affine_warp",
@@ -62,6 +74,8 @@ __all__ = [
     "maxpool2d_bwd",
     "avgpool2d_fwd",
     "avgpool2d_bwd",
+    "conv_relu_pool2x2_fwd",
+    "conv_relu_pool2x2_bwd",
     "global_avgpool2d_fwd",
     "global_avgpool2d_bwd",
     "global_maxpool2d_fwd",
@@ -83,7 +97,9 @@ __all__ = [
     "sgd_update_state",
     "gemm",
     "gemm_workspace_size",
+    "matmul",
     "gather_batch",
     "batch_state_advance",
     "affine_params",
+    "record_step",
 ]

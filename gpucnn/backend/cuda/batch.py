@@ -5,8 +5,10 @@ with, so what changes per step is read from a batch state array in device memory
 formulas.BATCH_STATE_SIZE): ``gather_batch`` gathers batch number state[BATCH_STEP] of a
 device permutation from the GPU-resident uint8 dataset into static buffers and normalises it,
 ``affine_params`` draws that step's augmentation parameters on the device from the keyed hash
-(formulas.augment_key of the seed, epoch and step), and ``batch_state_advance`` (one thread)
-moves the state on. A step makes no host-to-device copy; nothing is allocated.
+(formulas.augment_key of the seed, epoch and step), ``record_step`` (one thread) writes a
+step's value (its loss, its gradient norm) into slot state[BATCH_STEP] of a per-epoch array,
+and ``batch_state_advance`` (one thread) moves the state on. A step makes no host-to-device
+copy; nothing is allocated.
 
 The per-element rules are gpucnn.backend.formulas, which the CPU kernels compile too. Their
 float operations are formulas.mul_rn, add_rn and sub_rn, which here are libdevice's
@@ -104,6 +106,14 @@ def batch_state_advance_kernel(state):  # pragma: no cover - one thread
 
 
 @cuda.jit(cache=True)
+def record_step_kernel(values, state, value):  # pragma: no cover - one thread
+    if cuda.grid(1) == 0:
+        s = state[BATCH_STEP]
+        if s >= 0 and s < values.shape[0]:  # a replay past the epoch's end writes nothing
+            values[s] = value[0]
+
+
+@cuda.jit(cache=True)
 def affine_params_kernel(
     state, seed, angle, max_tx, max_ty, lo, width, flip_threshold, inv, shift
 ):  # pragma: no cover - compiled
@@ -163,6 +173,28 @@ def batch_state_advance(state: Any) -> None:
     step's last gather_batch and affine_params)."""
     formulas.check_state("batch_state_advance", state, np.int64, BATCH_STATE_SIZE)
     batch_state_advance_kernel[1, 1, stream()](state)
+
+
+def record_step(values: Any, state: Any, value: Any) -> None:
+    """values[state[BATCH_STEP]] = value, on the device (one thread; nothing when the step is
+    past the end of ``values``): a captured step records its loss and gradient norm in a
+    per-epoch array the host reads once. Shape: values (S,), state int64 (BATCH_STATE_SIZE,),
+    value one element (0-d or (1,)) of values' dtype."""
+    formulas.check_state("record_step", state, np.int64, BATCH_STATE_SIZE)
+    _check_record(values, value)
+    record_step_kernel[1, 1, stream()](values, state, value.reshape(1))
+
+
+def _check_record(values: Any, value: Any) -> None:
+    if values.ndim != 1 or not values.flags.c_contiguous:
+        raise ValueError(
+            f"record_step: expected a C-contiguous 1-D values array, got {tuple(values.shape)}"
+        )
+    if value.size != 1 or value.dtype != values.dtype:
+        raise ValueError(
+            f"record_step: expected one value of values' dtype {values.dtype}, got "
+            f"{tuple(value.shape)} {value.dtype}"
+        )
 
 
 def affine_params(

@@ -53,6 +53,12 @@ The split counts are for batch 64 / 512:
 - linear ``dx = dy @ W`` (K = out_features): single pass.
 - linear ``dW = dy.T @ x`` (``trans_a``; out×N @ N×in): K = batch; single pass at 64,
   2 chunks for fc1 and fc2 at 512.
+
+``matmul(a, b)`` is what the functional ops call for those products: CuPy's ``a @ b``
+(cuBLAS) normally, and while launch.capturing() (a step being captured into a CUDA graph, or
+its warm-up) ``gemm`` into a new output, with a new workspace when the shapes split K (memory
+allocated during a capture is kept for the graph's life by CudaBackend.capture). op(a) and
+op(b) are then read in place: a transposed view (``w.T``) costs nothing.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from gpucnn.backend.cuda.launch import check, config, stream
+from gpucnn.backend.cuda.launch import array_module, capturing, check, config, stream
 from gpucnn.backend.numba_cuda import cuda
 
 BM = 64  # rows of out per block
@@ -80,7 +86,7 @@ SMS = 132  # streaming multiprocessors of an H200 (and H100 SXM)
 MIN_SPLIT_K = 256  # the shallowest chunk split-K makes
 MAX_SPLITS = 64
 
-__all__ = ["gemm", "gemm_workspace_size"]
+__all__ = ["gemm", "gemm_workspace_size", "matmul"]
 
 
 @cuda.jit(cache=True)
@@ -252,3 +258,34 @@ def gemm(
     )
     gemm_reduce_kernel[config(m * n)](parts, dt(alpha), dt(beta), use_beta, dt(0), out)
     return out
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """Shape: a (M, K), b (K, N) -> a @ b (M, N), a new array.
+
+    cuBLAS (CuPy's ``@``) normally; while a step is captured (launch.capturing()) the GEMM
+    kernels above, which a CUDA graph may hold: 2-D operands of one float dtype, each
+    C-contiguous or the transpose of one (any other layout is copied first).
+    """
+    if not capturing():
+        return a @ b
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"matmul: a captured product takes 2-D (M, K) @ (K, N), got {tuple(a.shape)} @ "
+            f"{tuple(b.shape)}"
+        )
+    xp = array_module(a)
+    a, b = _gemm_layout(xp, a), _gemm_layout(xp, b)
+    (m, k), n = a.shape, b.shape[1]
+    out = xp.empty((m, n), dtype=a.dtype)
+    size = gemm_workspace_size(m, n, k)
+    workspace = xp.empty(size, dtype=a.dtype) if size else None
+    return gemm(a, b, out, workspace=workspace)
+
+
+def _gemm_layout(xp: Any, x: Any) -> Any:
+    """x itself when gemm reads it in place (C-contiguous, or F-contiguous: read as x.T), else
+    a C-contiguous copy."""
+    if x.flags.c_contiguous or x.flags.f_contiguous:
+        return x
+    return xp.ascontiguousarray(x)

@@ -11,12 +11,19 @@ stream CuPy's operations run on (it is CuPy's current stream). Numba's side of i
 simulator (which runs every launch at once, in order, and has no external streams), the
 stream is 0: the default stream, as a launch without one. Launch configurations are cached
 per size, so a step's launches compute their grid once per shape.
+
+Capturable mode (:func:`capturable`, :func:`capturing`): while a step is captured into a CUDA
+graph (gpucnn.backend.CudaBackend.capture), and while its warm-up runs, launchers take the
+path a capture allows: ``matmul`` runs the Numba GEMM (cuda/gemm.py) instead of cuBLAS, which
+CuPy refuses during stream capture.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +39,8 @@ __all__ = [
     "THREADS",
     "array_module",
     "blocks",
+    "capturable",
+    "capturing",
     "check",
     "config",
     "current_stream",
@@ -43,6 +52,7 @@ __all__ = [
 
 _launch_stream: Any = 0  # what every launch passes as its stream (Numba's object, or 0)
 _cupy_stream: Any = None  # the CuPy stream it wraps (None: the default stream)
+_capturable = 0  # nesting depth of capturable(): > 0 while a step is captured or warmed up
 
 
 def use_stream(cupy_stream: Any) -> None:
@@ -73,6 +83,22 @@ def _no_array_interface_sync() -> None:
     api = getattr(cuda, "api", None)  # the module whose from_cuda_array_interface reads it
     if api is not None and hasattr(api, "config"):
         api.config.CUDA_ARRAY_INTERFACE_SYNC = 0
+
+
+def capturing() -> bool:
+    """True inside :func:`capturable`: launchers must take the path a stream capture allows."""
+    return _capturable > 0
+
+
+@contextlib.contextmanager
+def capturable() -> Iterator[None]:
+    """Launchers take the capturable path inside the block (nested blocks are fine)."""
+    global _capturable
+    _capturable += 1
+    try:
+        yield
+    finally:
+        _capturable -= 1
 
 
 def current_stream() -> Any:

@@ -1,0 +1,96 @@
+"""Convolution, ReLU and 2×2 max pooling as one op: the conv block of the seed model.
+
+Forward, for input x (N, C, H, W), filters w (F, C, k, k), bias b (F,), conv stride S and
+padding P, with OH, OW the convolution's output size (functional/conv.py):
+
+    z[n, f, oh, ow]  = b[f] + sum_{c, i, j} w[f, c, i, j] * xpad[n, c, oh*S + i, ow*S + j]
+    y[n, f, py, px]  = relu(max_{i, j in {0, 1}} z[n, f, 2py + i, 2px + j])
+    PH = OH // 2, PW = OW // 2 (an odd last row or column of z is in no window)
+
+which is Conv2d -> ReLU -> MaxPool2d(2) (or Conv2d -> MaxPool2d(2) -> ReLU: relu and max
+commute). As matrices, with cols = im2col(x) (C*k*k, N*OH*OW) and Wm = w.reshape(F, C*k*k):
+
+    Yt      = Wm @ cols                                   (F, N*OH*OW) = (F, N, OH, OW)
+    y, arg  = conv_relu_pool2x2_fwd(Yt, b)                one pass, (N, F, PH, PW) each
+
+Backward, with g = dy where y > 0 else 0 (ReLU's mask; the gradient at 0 is 0):
+
+    dY2, db = conv_relu_pool2x2_bwd(dy, arg, y)           dY2 (F, N*OH*OW): g at each window's
+                                                          argmax, 0 elsewhere; db[f] = sum g
+    dW = dY2 @ cols.T                                     (F, C*k*k)
+    dx = col2im(Wm.T @ dY2)                               (N, C, H, W)
+
+Neither pass makes a full-size (N, F, OH, OW) tensor: the bias, the transpose to (N, F, ...),
+the pool and the ReLU are the epilogue of the forward GEMM, and their gradients the prologue of
+the backward GEMMs. y, arg and dY2 are bit for bit those of the layers run one by one; db is
+their sum in another order. The products are the backend's ``kernels.matmul``, as conv's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpucnn.backend import backend_of
+from gpucnn.functional.checks import (
+    check_channels,
+    check_float,
+    check_positive,
+    check_rank,
+    window_out_size,
+)
+from gpucnn.functional.conv import resolve_padding
+
+
+def conv2d_relu_maxpool_forward(
+    x: Any, w: Any, b: Any = None, stride: int = 1, padding: int | str = 0
+) -> tuple[Any, tuple]:
+    """relu(maxpool2x2(conv2d(x, w, b))) in one GEMM and one pass over its output.
+
+    Args:
+        x: input (N, C, H, W).
+        w: filters (F, C, k, k).
+        b: bias (F,) or None.
+        stride: the convolution's step S >= 1 (the pool's is 2).
+        padding: the convolution's P (int), "same" or "valid" (the pool's is 0).
+
+    Returns:
+        (y, cache); y is (N, F, OH // 2, OW // 2), OH = floor((H - k + 2P) / S) + 1.
+    """
+    layer = "Conv2d"  # the messages of the layers run one by one
+    check_rank(layer, x, 4, "(N, C, H, W)")
+    check_float(layer, x, like=w)
+    f, c, k, _ = w.shape
+    n = x.shape[0]
+    check_channels(layer, x, c)
+    stride = check_positive(layer, "stride", stride)
+    pad = resolve_padding(layer, padding, k, stride)
+    oh, ow = window_out_size(layer, x.shape, k, stride, pad)
+    window_out_size("MaxPool2d", (n, f, oh, ow), 2, 2, 0)
+    be = backend_of(x, w, b)
+
+    cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
+    yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
+    y, arg = be.kernels.conv_relu_pool2x2_fwd(yt.reshape(f, n, oh, ow), b)  # (N, F, PH, PW)
+    return y, (cols, x.shape, w, b is not None, stride, pad, (oh, ow), arg, y)
+
+
+def conv2d_relu_maxpool_backward(
+    dy: Any, cache: tuple, need_dx: bool = True, need_params: bool = True
+) -> tuple[Any, Any, Any]:
+    """Gradients of the fused op. Shape: dy (N, F, PH, PW) -> dx, dw, db (input order).
+
+    ``need_dx=False`` skips the dx GEMM and col2im (dx is then None); ``need_params=False``
+    skips dw and db (then None, as db is when the forward pass had no bias).
+    """
+    cols, x_shape, w, has_bias, stride, pad, out_hw, arg, y = cache
+    be = backend_of(dy)
+    f, _, k, _ = w.shape
+    dy2, db = be.kernels.conv_relu_pool2x2_bwd(dy, arg, y, out_hw)  # (F, N*OH*OW), (F,)
+    dw = be.kernels.matmul(dy2, cols.T).reshape(w.shape) if need_params else None
+    db = db if has_bias and need_params else None
+    dx = None
+    if need_dx:
+        # (C*k*k, N*OH*OW), a temporary: col2im may reuse it
+        dcols = be.kernels.matmul(w.reshape(f, -1).T, dy2)
+        dx = be.kernels.col2im(dcols, x_shape, k, stride, pad, overwrite_cols=True)
+    return dx, dw, db

@@ -1,0 +1,402 @@
+"""One CUDA graph per training step: the step captured once per batch size, then replayed.
+
+On a GPU an eager step is ~0.5 ms of kernels behind ~4 ms of Python launching them. Here the
+whole step is captured into a CUDA graph (CudaBackend.capture) and each later batch is one
+``graph.launch(stream)``: no Python per step beyond that call.
+
+A graph replays its launches with the arguments they were captured with, so everything that
+changes from step to step lives in device arrays, written by kernels inside the step:
+
+    gather_batch         batch state[BATCH_STEP] of a device permutation -> static x, y
+    model.zero_grad, forward, CrossEntropyLoss, backward
+    gradient norm        sqrt(sum of squared gradients), as Trainer._grad_norm
+    optimizer.step()     device state (Adam/SGD use_device_state: t, lr, bias corrections)
+    dropout_state_advance  per Dropout layer (GraphDropout reads its mask key on the device)
+    correct += (argmax(logits) == y).sum()
+    record_step(losses, state, loss), record_step(norms, state, norm)
+    batch_state_advance
+
+Per epoch, on the host and outside any graph: the epoch's permutation (the DataLoader's own,
+``default_rng([seed, epoch]).permutation(n)``, so graph and eager see the same batches) is
+written into the static device ``perm``; the batch state is reset (formulas.batch_state(epoch,
+0)); the per-epoch accumulators (losses, norms, correct) are zeroed; and each Dropout layer
+draws one seed from its own host generator (``layer.rng``, which checkpoints save, so a
+resumed run draws what an uninterrupted one would) into its device dropout state. At the end
+of the epoch the host reads losses, norms, the correct count and a parameters-finite flag in
+one transfer: the epoch's only device-to-host read.
+
+Batch sizes: a graph's static buffers x (R, C, H, W) and y (R,) fix its batch size, so there
+is one graph for R = batch_size and, when the data do not divide evenly (and drop_last is
+off), a second for the tail batch R = N mod batch_size. Capturing runs nothing, so the first
+batch of each size runs the step eagerly (the warm-up: optimizer state made, every kernel
+compiled, in capturable mode so that it computes with the kernels the graph holds), the next
+one is captured and then launched, and later ones are launches. The host's own step counts
+(optimizer._t and each parameter's state["step"], which checkpoints save) are advanced by the
+host after each launch but the first: capturing the step advanced them once.
+
+Differences from the eager Trainer._train_epoch, all by design:
+
+- dropout masks come from the device state (formulas.dropout_step_key of the epoch's seed and
+  the step), not from one host key per step: the same distribution, other masks;
+- matrix products are the Numba GEMM kernels (cuBLAS is refused during capture): the same
+  products up to float32 rounding;
+- a non-finite loss is found when the epoch ends (NonFiniteLossError names the first bad
+  step, as the eager path does) instead of every log_every steps;
+- no running loss in the progress bar (reading it would sync).
+
+Requirements (``unsupported`` names the first unmet one): the CUDA backend with stream
+capture; a gpucnn DataLoader whose images and labels are on the device (shuffled or not,
+drop_last either way) and that does not augment (augmentation runs eagerly); Adam or SGD
+(switched to device state for the fit, and back at ``close``); CrossEntropyLoss; float32
+parameters; and layers this module knows to be capturable (KNOWN_LAYERS). A capture that fails
+(a host sync, an operation CUDA refuses) does not stop training: the rest of the fit runs the
+same step uncaptured and ``fallback`` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from gpucnn.backend import backend_of, formulas, is_device_array, to_host
+from gpucnn.data import DataLoader
+from gpucnn.functional.checks import check_float
+from gpucnn.losses import CrossEntropyLoss
+from gpucnn.nn import (
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    Linear,
+    MaxPool2d,
+    Module,
+    ReLU,
+    Residual,
+    Sequential,
+    Tanh,
+)
+from gpucnn.nn.module import Parameter
+from gpucnn.optim import SGD, Adam
+from gpucnn.train.callbacks import Callback
+from gpucnn.train.errors import NonFiniteLossError, NonFiniteParametersError, TrainingError
+
+log = logging.getLogger("gpucnn.train")
+
+# layers whose forward and backward make no host read and pass no per-step host value to a
+# kernel (exact types: a subclass may do anything)
+KNOWN_LAYERS = (
+    Sequential,
+    Residual,
+    Conv2d,
+    BatchNorm2d,
+    ReLU,
+    Tanh,
+    MaxPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    Flatten,
+    Linear,
+    Dropout,
+)
+
+
+class GraphCaptureError(TrainingError):
+    """Capturing the step into a CUDA graph failed; the message says why."""
+
+
+def unsupported(trainer: Any, loader: Any) -> str | None:
+    """Why the Trainer's fit on ``loader`` cannot run as CUDA graphs (one sentence), or None.
+
+    ``trainer`` needs ``backend``, ``model``, ``criterion`` and ``optimizer``.
+    """
+    backend = trainer.backend
+    if backend.name != "cuda":
+        return f"CUDA graphs need the cuda device, not {backend.name}"
+    if not hasattr(backend.stream, "begin_capture"):
+        return "this CuPy cannot capture a stream into a CUDA graph"
+    if not isinstance(loader, DataLoader):
+        return f"the train loader is a {type(loader).__name__}, not a gpucnn DataLoader"
+    if not (is_device_array(loader.images) and is_device_array(loader.labels)):
+        return "the train loader's images and labels are not on the device"
+    if loader.augment is not None:
+        return "augmentation runs eagerly"
+    if type(trainer.optimizer) not in (Adam, SGD):
+        return f"{type(trainer.optimizer).__name__} has no device-state step (Adam and SGD do)"
+    for cb in getattr(trainer, "callbacks", ()):
+        if type(cb).on_batch_end is not Callback.on_batch_end:
+            return f"the callback {type(cb).__name__} acts after every batch, on the host"
+    if type(trainer.criterion) is not CrossEntropyLoss:
+        return f"the loss {type(trainer.criterion).__name__} is not CrossEntropyLoss"
+    model = trainer.model
+    if type(model) is Dropout:
+        return "the model is a bare Dropout layer"
+    for name, m in model.named_modules():
+        if type(m) not in KNOWN_LAYERS:
+            return f"layer {name or 'model'} ({type(m).__name__}) is not known to be capturable"
+    for name, p in model.named_parameters():
+        if np.dtype(p.data.dtype) != np.float32:
+            return f"parameter {name} is {p.data.dtype}; a captured step gathers float32 batches"
+    return None
+
+
+class GraphDropout(Dropout):
+    """Dropout for a captured step: the mask key of each step is derived on the device from a
+    dropout state (uint64 [seed, step], ``state``), so a replayed graph draws a new mask each
+    step. The fit writes the epoch's seed into ``state`` and advances it after each step.
+
+    It shares the original layer's generator (``rng``, which a checkpoint saves under this
+    layer's name) and holds no buffer, so checkpoints look the same with either in place.
+    """
+
+    def __init__(self, like: Dropout, backend: Any) -> None:
+        super().__init__(like.p, rng=0)
+        self.rng = like.rng
+        self.training = like.training
+        self.state = backend.asarray(formulas.dropout_state(0))
+        self._on = False
+
+    def forward(self, x: Any) -> Any:
+        check_float("Dropout", x)
+        self._on = self.training and self.p > 0
+        if not self._on:
+            return x
+        return backend_of(x).kernels.dropout_fwd_state(x, self.p, self.state)
+
+    def backward(self, dy: Any) -> Any:
+        if not self._on:
+            return dy
+        return backend_of(dy).kernels.dropout_bwd_state(dy, self.p, self.state)
+
+
+def _grad_norm(model: Module, xp: Any) -> Any:
+    """sqrt of the sum of squared gradients: Trainer._grad_norm's operations, in its order."""
+    total = xp.zeros((), dtype=np.float32)
+    for p in model.parameters():
+        if p.grad is not None:
+            total += (p.grad * p.grad).sum()
+    return xp.sqrt(total)
+
+
+class _StepGraph:
+    """The step for one batch size R: static buffers x (R, C, H, W) and y (R,); the warm-up,
+    the capture, and the launches of the captured graph."""
+
+    def __init__(self, fit: GraphTraining, rows: int) -> None:
+        xp = fit.backend.xp
+        self.fit, self.rows = fit, rows
+        self.x = xp.zeros((rows, *fit.loader.images.shape[1:]), dtype=np.float32)
+        self.y = xp.zeros(rows, dtype=np.int64)
+        self.warm = False
+        self.capture: Any = None  # the backend's Capture: the graph and the memory it uses
+        self.updated: list[Parameter] = []  # what the optimizer updated in the step
+
+    def run(self) -> None:
+        fit = self.fit
+        if not (self.warm and fit.captures and fit.fallback is None):
+            self.eager()
+            self.warm = True
+        elif self.capture is None:
+            try:
+                self.capture_step()
+            except GraphCaptureError as exc:
+                fit.fallback = str(exc)
+                self.eager()
+                return
+            self.capture.graph.launch(fit.backend.stream)  # its host counts moved in capture
+        else:
+            self.capture.graph.launch(fit.backend.stream)
+            fit.count_step(self.updated)
+
+    def eager(self) -> None:
+        """The step, run now (with the kernels a capture would hold)."""
+        with self.fit.backend.capturable():
+            self.work()
+
+    def capture_step(self) -> None:
+        fit, opt = self.fit, self.fit.optimizer
+        t, steps = opt._t, {p: s.get("step") for p, s in opt.state.items()}
+        try:
+            with fit.backend.capture() as capture:
+                self.work()
+        except Exception as exc:
+            opt._t = t  # nothing ran: the step's host counts go back
+            for p, s in opt.state.items():
+                if steps.get(p) is None:
+                    s.pop("step", None)
+                else:
+                    s["step"] = steps[p]
+            raise GraphCaptureError(
+                f"capturing the training step (batch {self.rows}) failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self.capture = capture
+
+    def work(self) -> None:
+        """The step's work, every per-step value read from device arrays (see the module
+        docstring)."""
+        fit = self.fit
+        k, loader, model, criterion = fit.backend.kernels, fit.loader, fit.model, fit.criterion
+        k.gather_batch(
+            loader.images, loader.labels, fit.perm, fit.batch_state, loader.batch_size,
+            loader.mean, loader.std, self.x, self.y,
+        )  # fmt: skip
+        model.zero_grad()
+        logits = model(self.x)
+        loss = criterion(logits, self.y)
+        model.backward(criterion.backward())
+        norm = _grad_norm(model, fit.backend.xp)
+        self.updated = [p for p in fit.optimizer.params if p.requires_grad and p.grad is not None]
+        fit.optimizer.step()
+        for layer in fit.dropouts:
+            k.dropout_state_advance(layer.state)
+        fit.correct += (logits.argmax(axis=1) == self.y).sum()
+        k.record_step(fit.losses, fit.batch_state, loss)
+        k.record_step(fit.norms, fit.batch_state, norm)
+        k.batch_state_advance(fit.batch_state)
+
+
+class GraphTraining:
+    """A Trainer's epochs as CUDA graphs: ``train_epoch`` stands in for
+    ``Trainer._train_epoch`` (same arguments, same logs, same history and global_step
+    updates); ``close()`` puts the model's Dropout layers and the optimizer's mode back.
+
+    Args:
+        trainer: the Trainer (its backend, model, criterion, optimizer, callbacks, progress,
+            log_every, history and global_step are used).
+        loader: the train DataLoader (``unsupported`` must return None for it).
+        capture: False runs every step uncaptured (the same work, eagerly): the reference the
+            graph path is tested against, and what a failed capture falls back to.
+
+    Attributes:
+        fallback: None, or why capturing failed (the fit then goes on uncaptured).
+    """
+
+    def __init__(self, trainer: Any, loader: DataLoader, capture: bool = True) -> None:
+        reason = unsupported(trainer, loader)
+        if reason is not None:
+            raise TrainingError(f"cannot train with CUDA graphs: {reason}")
+        self.trainer, self.loader, self.captures = trainer, loader, capture
+        self.backend = trainer.backend
+        self.model, self.criterion = trainer.model, trainer.criterion
+        self.optimizer = trainer.optimizer
+        self.fallback: str | None = None
+        xp = self.backend.xp
+        self._was_device_state = self.optimizer.device_state
+        if not self._was_device_state:
+            self.optimizer.use_device_state()
+        self._swaps = []  # (parent, name, original, variant)
+        for _, parent in list(self.model.named_modules()):
+            for name, child in list(parent._modules.items()):
+                if type(child) is Dropout:
+                    variant = GraphDropout(child, self.backend)
+                    setattr(parent, name, variant)
+                    self._swaps.append((parent, name, child, variant))
+        self.dropouts = [variant for *_, variant in self._swaps]
+        n, b = loader.num_samples, loader.batch_size
+        self.full_batches = n // b
+        tail = 0 if loader.drop_last else n % b
+        self.sizes = np.array([b] * self.full_batches + ([tail] if tail else []), np.int64)
+        self.perm = xp.zeros(n, dtype=np.int64)
+        self.batch_state = self.backend.asarray(formulas.batch_state())
+        self.stats = xp.zeros((2, len(self.sizes)), dtype=np.float32)
+        self.losses, self.norms = self.stats[0], self.stats[1]
+        self.correct = xp.zeros((), dtype=np.int64)
+        self.steps = [_StepGraph(self, b)] + ([_StepGraph(self, tail)] if tail else [])
+
+    def count_step(self, updated: list[Parameter]) -> None:
+        """The host's step counts after a launch (what Optimizer._step_on_device counts)."""
+        self.optimizer._t += 1
+        for p in updated:
+            self.optimizer.state[p]["step"] += 1
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The epoch's host writes: permutation, batch state, accumulators, dropout seeds."""
+        loader, backend, xp = self.loader, self.backend, self.backend.xp
+        n = loader.num_samples
+        rng = np.random.default_rng([loader.seed, loader.epoch])  # as DataLoader.__iter__
+        order = rng.permutation(n) if loader.shuffle else np.arange(n)
+        loader.epoch += 1
+        xp.copyto(self.perm, backend.asarray(order.astype(np.int64)))
+        xp.copyto(self.batch_state, backend.asarray(formulas.batch_state(epoch, 0)))
+        self.stats.fill(0)
+        self.correct.fill(0)
+        for layer in self.dropouts:
+            seed = int(layer.rng.integers(2**63))
+            xp.copyto(layer.state, backend.asarray(formulas.dropout_state(seed)))
+
+    def train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict[str, float]:
+        """One epoch, as Trainer._train_epoch (same logs; step norms into the history)."""
+        if loader is not self.loader:
+            raise ValueError("GraphTraining.train_epoch: not the loader it was built for")
+        t = self.trainer
+        self.model.train()
+        self.begin_epoch(epoch)
+        batch_callbacks = [
+            c
+            for c in t.callbacks
+            if getattr(type(c), "on_batch_end", Callback.on_batch_end) is not Callback.on_batch_end
+        ]
+        n_batches = len(self.sizes)
+        t.progress.begin(f"epoch {epoch + 1}/{epochs}", n_batches)
+        start = time.perf_counter()
+        for i in range(n_batches):
+            self.steps[0 if i < self.full_batches else 1].run()
+            t.global_step += 1
+            for cb in batch_callbacks:  # after the update: e.g. the lr of the next batch
+                cb.on_batch_end(t, t.global_step)
+            if (i + 1) % t.log_every == 0:
+                t.progress.update(i + 1)
+        losses, norms, correct = self._read_epoch(epoch)
+        elapsed = time.perf_counter() - start
+        seen = int(self.sizes.sum())
+        t.history["step_grad_norm"].extend(float(v) for v in norms)
+        return {
+            "train_loss": float((losses * self.sizes).sum() / seen),
+            "train_accuracy": correct / seen,
+            "grad_norm_mean": float(norms.mean()),
+            "grad_norm_max": float(norms.max()),
+            "images_per_s": seen / elapsed,
+            "train_time_s": elapsed,
+        }
+
+    def _read_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Losses, norms and the correct count in one device-to-host read (with whether every
+        parameter is finite); the checks of Trainer._train_epoch's end."""
+        xp, nb = self.backend.xp, len(self.sizes)
+        finite = xp.ones((), dtype=bool)
+        for p in self.model.parameters():
+            finite &= xp.isfinite(p.data).all()
+        summary = xp.concatenate(
+            [
+                self.stats.reshape(-1).astype(np.float64),
+                self.correct.astype(np.float64).reshape(1),
+                finite.astype(np.float64).reshape(1),
+            ]
+        )
+        host = to_host(summary)  # the epoch's one read
+        losses, norms = host[:nb].astype(np.float32), host[nb : 2 * nb].astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise NonFiniteLossError(epoch + 1, int(bad[0]) + 1, float(losses[bad[0]]))
+        if not host[2 * nb + 1]:
+            self.trainer._check_parameters(epoch)  # names the parameter
+            raise NonFiniteParametersError(epoch + 1, "?")
+        return losses, norms, int(host[2 * nb])
+
+    def close(self) -> None:
+        """Put the original Dropout layers back (in their places, in the current mode) and the
+        optimizer's mode; drop the graphs (their memory goes back to the pool)."""
+        for parent, name, original, variant in self._swaps:
+            original.train(variant.training)
+            setattr(parent, name, original)
+        self._swaps, self.dropouts = [], []
+        if not self._was_device_state:
+            self.optimizer.use_device_state(False)
+        self.steps = []
