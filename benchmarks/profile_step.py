@@ -1,11 +1,14 @@
-"""Where a training step's time goes: each layer's forward and backward, the loss and Adam,
+"""Where a training step's time goes: each step's forward and backward, the loss and Adam,
 for the seed model on the CPU (medians over the timed steps).
 
     python benchmarks/profile_step.py [--batch 64] [--blas-threads 2] [--steps 60]
+                                      [--fuse both|on|off]
 
-Layers run in the order Sequential runs them (a ReLU after the max pool that follows it).
-``--batch 32 --blas-threads 1`` profiles what one of two shards does in a sharded step
-(gpucnn.train.parallel).
+Layers run in the steps Sequential runs (a ReLU after the max pool that follows it; with
+fusion, Conv2d + MaxPool2d + ReLU as one ConvReLUPool step, named by its layers "0+2+1").
+``--fuse both`` (the default) profiles the model with fusion off and on, their steps taking
+turns in one process, and compares the totals. ``--batch 32 --blas-threads 1`` profiles what
+one of two shards does in a sharded step (gpucnn.train.parallel).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--blas-threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60, help="timed steps (after 10 warm-up)")
+    ap.add_argument("--fuse", choices=("both", "on", "off"), default="both")
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
@@ -38,36 +42,46 @@ def main() -> None:
     g = np.random.default_rng(0)
     x = g.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
     y = g.integers(0, 10, args.batch)
-    model = models.build("seed", seed=0)
-    crit = nn.CrossEntropyLoss()
-    opt = optim.Adam(model.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
-    order = [m for _, m in model.run_order()]
-    times: dict[str, list[float]] = {}
+    variants = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[args.fuse]
+    runs = {}
+    for fuse in variants:
+        model = models.build("seed", seed=0)
+        model.fuse = fuse == "on"
+        crit = nn.CrossEntropyLoss()
+        opt = optim.Adam(model.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
+        runs[fuse] = (model, crit, opt, {})
 
-    def timed(name, fn, *a):
+    def timed(times, name, fn, *a):
         t0 = time.perf_counter()
         out = fn(*a)
         times.setdefault(name, []).append(time.perf_counter() - t0)
         return out
 
     for _ in range(10 + args.steps):
-        model.zero_grad()
-        h = x
-        for i, layer in enumerate(order):
-            h = timed(f"forward  {i} {type(layer).__name__}", layer, h)
-        timed("loss", crit, h, y)
-        d = timed("loss backward", crit.backward)
-        for i, layer in reversed(list(enumerate(order))):
-            d = timed(f"backward {i} {type(layer).__name__}", layer.backward, d)
-        timed("adam step", opt.step)
-    med = {k: 1e3 * statistics.median(v[10:]) for k, v in times.items()}
-    total = sum(med.values())
-    print(f"# One training step of the seed model, batch {args.batch}, BLAS threads "
-          f"{args.blas_threads}\n\n{describe()}\n")  # fmt: skip
-    print("| part | ms | share |\n|---|---:|---:|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.2f} | {v / total:.0%} |")
-    print(f"| **total** | **{total:.2f}** | |")
+        for model, crit, opt, times in runs.values():  # the variants take turns
+            model.zero_grad()
+            steps = [("+".join(names), step) for names, step in model.run_steps()]
+            h = x
+            for name, step in steps:
+                h = timed(times, f"forward  {name} {type(step).__name__}", step, h)
+            timed(times, "loss", crit, h, y)
+            d = timed(times, "loss backward", crit.backward)
+            for name, step in reversed(steps):
+                d = timed(times, f"backward {name} {type(step).__name__}", step.backward, d)
+            timed(times, "adam step", opt.step)
+    totals = {}
+    for fuse, (_, _, _, times) in runs.items():
+        med = {k: 1e3 * statistics.median(v[10:]) for k, v in times.items()}
+        total = totals[fuse] = sum(med.values())
+        print(f"# One training step of the seed model, batch {args.batch}, BLAS threads "
+              f"{args.blas_threads}, fusion {fuse}\n\n{describe()}\n")  # fmt: skip
+        print("| part | ms | share |\n|---|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v:.2f} | {v / total:.0%} |")
+        print(f"| **total** | **{total:.2f}** | |\n")
+    if len(totals) == 2:
+        print(f"Fusion off {totals['off']:.2f} ms, on {totals['on']:.2f} ms per step: "
+              f"{totals['off'] / totals['on']:.2f}x (sums of per-part medians)")  # fmt: skip
 
 
 if __name__ == "__main__":

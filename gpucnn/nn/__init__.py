@@ -5,6 +5,7 @@ from gpucnn.nn import init
 from gpucnn.nn.activation import Dropout, ReLU, Tanh
 from gpucnn.nn.batchnorm import BatchNorm2d
 from gpucnn.nn.conv import Conv2d
+from gpucnn.nn.fused import ConvReLUPool
 from gpucnn.nn.linear import Flatten, Linear
 from gpucnn.nn.module import Module, Parameter, Sequential
 from gpucnn.nn.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
@@ -14,6 +15,7 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm2d",
     "Conv2d",
+    "ConvReLUPool",
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",

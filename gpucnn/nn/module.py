@@ -294,8 +294,17 @@ class Sequential(Module):
     the MaxPool2d that follows it, on a quarter of the elements. ``run_order()``, ``repr`` and
     ``summary`` list the layers in the order they run, and mark the moved ones.
 
+    One fusion is made, and shown: a Conv2d followed, in that order, by a MaxPool2d(2, 2, 0)
+    and a ReLU (nothing between) runs as one step, gpucnn.nn.fused.ConvReLUPool (bias, ReLU and
+    pool fused after the GEMM, and before the backward GEMMs), on a backend whose kernels say
+    FUSES_CONV_RELU_POOL. The Parameters stay the Conv2d's. ``run_steps()`` lists the steps;
+    ``repr`` and ``summary`` mark the fused layers; ``fuse = False`` on an instance runs the
+    layers one by one.
+
     Shape: whatever the first layer takes -> whatever the last returns.
     """
+
+    fuse = True
 
     def __init__(self, *layers: Module) -> None:
         super().__init__()
@@ -325,6 +334,16 @@ class Sequential(Module):
                 order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
+    def run_steps(self) -> list[tuple[tuple[str, ...], Module]]:
+        """(names, step) in the order forward runs them: ``run_order`` with each fusable
+        Conv2d, MaxPool2d, ReLU made one ConvReLUPool step (made anew on each call)."""
+        order = self.run_order()
+        if not self.fuse:
+            return [((name,), layer) for name, layer in order]
+        from gpucnn.nn.fused import fuse_steps  # it imports the layers, which import this
+
+        return fuse_steps(order)
+
     def _moved(self) -> dict[str, str]:
         """{name of a moved layer: name of the max pool it now runs after}."""
         order = self.run_order()
@@ -335,10 +354,14 @@ class Sequential(Module):
             if i > 0 and given.index(name) < given.index(order[i - 1][0])
         }
 
+    def _fused(self) -> dict[str, tuple[str, ...]]:
+        """{name of a layer in a fused step: the names of that step's layers}."""
+        return {n: names for names, _ in self.run_steps() if len(names) > 1 for n in names}
+
     def forward(self, x: Any) -> Any:
-        self._ran = [layer for _, layer in self.run_order()]
-        for layer in self._ran:
-            x = layer(x)
+        self._ran = [step for _, step in self.run_steps()]
+        for step in self._ran:
+            x = step(x)
         return x
 
     def backward(self, dy: Any) -> Any:
@@ -354,11 +377,13 @@ class Sequential(Module):
 
     def summary_rows(self, in_shape: Shape, name: str) -> tuple[list[tuple], Shape]:
         rows: list[tuple] = []
-        moved = self._moved()
+        moved, fused = self._moved(), self._fused()
         for child_name, layer in self.run_order():
             full = f"{name}.{child_name}" if name else child_name
             if child_name in moved:
                 full += f" (after {moved[child_name]})"
+            if fused.get(child_name, ("",))[0] == child_name:  # the head of a fused step
+                full += f" (fused: {', '.join(fused[child_name])})"
             r, in_shape = layer.summary_rows(in_shape, full)
             rows += r
         return rows, in_shape
@@ -366,11 +391,17 @@ class Sequential(Module):
     def __repr__(self) -> str:
         if not self._modules:
             return "Sequential()"
-        moved = self._moved()
+        moved, fused = self._moved(), self._fused()
         lines = []
         for n, m in self.run_order():
-            note = (
-                f"  # runs after ({moved[n]}): it commutes with max pooling" if n in moved else ""
-            )
+            notes = []
+            if n in moved:
+                notes.append(f"runs after ({moved[n]}): it commutes with max pooling")
+            if n in fused and fused[n][0] == n:
+                others = ", ".join(f"({o})" for o in fused[n][1:])
+                notes.append(f"one step with {others}: conv2d_relu_maxpool (fused)")
+            elif n in fused:
+                notes.append(f"fused into ({fused[n][0]})'s step")
+            note = f"  # {'; '.join(notes)}" if notes else ""
             lines.append("  " + f"({n}): {m!r}{note}".replace("\n", "\n  "))
         return "Sequential(\n" + "\n".join(lines) + "\n)"
