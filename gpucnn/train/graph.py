@@ -46,7 +46,8 @@ Differences from the eager Trainer._train_epoch, all by design:
 
 Requirements (``unsupported`` names the first unmet one): the CUDA backend with stream
 capture; a gpucnn DataLoader whose images and labels are on the device (shuffled or not,
-drop_last either way) and that does not augment (augmentation runs eagerly); Adam or SGD
+drop_last either way) whose augmentation, if any, has a device-drawn form (a flip and/or
+RandomAffine: ``device_augmentation``; drawn from a keyed hash, not the host generator); Adam or SGD
 (switched to device state for the fit, and back at ``close``); CrossEntropyLoss; float32
 parameters; and layers this module knows to be capturable (KNOWN_LAYERS). A capture that fails
 (a host sync, an operation CUDA refuses) does not stop training: the rest of the fit runs the
@@ -62,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import backend_of, formulas, is_device_array, to_host
-from gpucnn.data import DataLoader
+from gpucnn.data import Compose, DataLoader, RandomAffine, RandomHorizontalFlip
 from gpucnn.functional.checks import check_float
 from gpucnn.losses import CrossEntropyLoss
 from gpucnn.nn import (
@@ -125,8 +126,8 @@ def unsupported(trainer: Any, loader: Any) -> str | None:
         return f"the train loader is a {type(loader).__name__}, not a gpucnn DataLoader"
     if not (is_device_array(loader.images) and is_device_array(loader.labels)):
         return "the train loader's images and labels are not on the device"
-    if loader.augment is not None:
-        return "augmentation runs eagerly"
+    if loader.augment is not None and device_augmentation(loader.augment) is None:
+        return f"the augmentation {loader.augment!r} has no device-drawn form (it runs eagerly)"
     if type(trainer.optimizer) not in (Adam, SGD):
         return f"{type(trainer.optimizer).__name__} has no device-state step (Adam and SGD do)"
     for cb in getattr(trainer, "callbacks", ()):
@@ -144,6 +145,26 @@ def unsupported(trainer: Any, loader: Any) -> str | None:
         if np.dtype(p.data.dtype) != np.float32:
             return f"parameter {name} is {p.data.dtype}; a captured step gathers float32 batches"
     return None
+
+
+def device_augmentation(augment: Any) -> dict[str, Any] | None:
+    """The parameters of ``kernels.affine_params`` that draw ``augment`` on the device, or None
+    when it has no such form. Supported: a RandomHorizontalFlip and/or one RandomAffine (or
+    RandomRotation) after it, alone or in a Compose, as data.parse_recipe builds them. In a
+    graph the draws come from the keyed hash of (the loader's seed, epoch, step), not from the
+    loader's host generator: the same ranges, other draws than an eager epoch's."""
+    parts = list(augment.transforms) if isinstance(augment, Compose) else [augment]
+    params: dict[str, Any] = {
+        "degrees": 0.0, "translate": (0.0, 0.0), "scale": (1.0, 1.0), "flip": 0.0
+    }  # fmt: skip
+    if parts and type(parts[0]) is RandomHorizontalFlip:
+        params["flip"] = float(parts.pop(0).p)
+    if parts and isinstance(parts[0], RandomAffine):
+        a = parts.pop(0)
+        params.update(degrees=a.degrees, translate=tuple(a.translate), scale=tuple(a.scale))
+    if parts or params["degrees"] > 360:
+        return None
+    return params
 
 
 class GraphDropout(Dropout):
@@ -193,6 +214,8 @@ class _StepGraph:
         self.fit, self.rows = fit, rows
         self.x = xp.zeros((rows, *fit.loader.images.shape[1:]), dtype=np.float32)
         self.y = xp.zeros(rows, dtype=np.int64)
+        self.inv = xp.zeros((rows, 4), dtype=np.float32)  # augmentation: affine_warp's inputs
+        self.shift = xp.zeros((rows, 2), dtype=np.float32)
         self.warm = False
         self.capture: Any = None  # the backend's Capture: the graph and the memory it uses
         self.updated: list[Parameter] = []  # what the optimizer updated in the step
@@ -243,12 +266,27 @@ class _StepGraph:
         docstring)."""
         fit = self.fit
         k, loader, model, criterion = fit.backend.kernels, fit.loader, fit.model, fit.criterion
-        k.gather_batch(
-            loader.images, loader.labels, fit.perm, fit.batch_state, loader.batch_size,
-            loader.mean, loader.std, self.x, self.y,
-        )  # fmt: skip
+        if fit.augment is None:
+            k.gather_batch(
+                loader.images, loader.labels, fit.perm, fit.batch_state, loader.batch_size,
+                loader.mean, loader.std, self.x, self.y,
+            )  # fmt: skip
+            x = self.x
+        else:  # as data.normalize: [0, 1] pixels, augmented, then normalised
+            k.gather_batch(
+                loader.images, loader.labels, fit.perm, fit.batch_state, loader.batch_size,
+                0.0, 1.0, self.x, self.y,
+            )  # fmt: skip
+            a = fit.augment
+            k.affine_params(
+                fit.batch_state, loader.seed, tuple(self.x.shape), a["degrees"], a["translate"],
+                a["scale"], a["flip"], self.inv, self.shift,
+            )  # fmt: skip
+            x = k.affine_warp(self.x, self.inv, self.shift)
+            x -= loader.mean
+            x *= np.float32(1.0) / loader.std
         model.zero_grad()
-        logits = model(self.x)
+        logits = model(x)
         loss = criterion(logits, self.y)
         model.backward(criterion.backward())
         norm = _grad_norm(model, fit.backend.xp)
@@ -286,6 +324,7 @@ class GraphTraining:
         self.backend = trainer.backend
         self.model, self.criterion = trainer.model, trainer.criterion
         self.optimizer = trainer.optimizer
+        self.augment = device_augmentation(loader.augment) if loader.augment is not None else None
         self.fallback: str | None = None
         xp = self.backend.xp
         self._was_device_state = self.optimizer.device_state

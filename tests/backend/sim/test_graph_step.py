@@ -355,7 +355,10 @@ def test_unmet_requirements_are_named():
     )
     assert "cuda" in unsupported(cpu, data.DataLoader(images, labels, 2))
     augmenting = data.DataLoader(images, labels, 2, augment=data.RandomRotation(5.0), device="cuda")
-    assert unsupported(trainer, augmenting) == "augmentation runs eagerly"
+    assert unsupported(trainer, augmenting) is None  # drawn on the device in a graph
+    odd_augment = data.Compose([data.RandomAffine(5.0), data.RandomHorizontalFlip()])
+    augmenting = data.DataLoader(images, labels, 2, augment=odd_augment, device="cuda")
+    assert "has no device-drawn form" in unsupported(trainer, augmenting)
     assert "not a gpucnn DataLoader" in unsupported(trainer, [(None, None)])
 
     class Custom(nn.ReLU):
@@ -363,7 +366,7 @@ def test_unmet_requirements_are_named():
 
     odd = _trainer(nn.Sequential(nn.Flatten(), Custom(), nn.Linear(16, 3)))
     assert "layer 1 (Custom) is not known" in unsupported(odd, loader)
-    with pytest.raises(TrainingError, match="augmentation runs eagerly"):
+    with pytest.raises(TrainingError, match="has no device-drawn form"):
         GraphTraining(trainer, augmenting)
 
 
@@ -409,8 +412,25 @@ def test_the_trainer_runs_its_steps_as_graphs_by_default_on_cuda(monkeypatch, ca
 
 def test_insisting_on_graphs_names_why_they_cannot_run():
     trainer = _trainer(_model(), cuda_graph=True)
-    augmenting = data.DataLoader(
-        *_data(), 4, seed=0, device="cuda", augment=data.RandomAffine(degrees=5)
-    )
-    with pytest.raises(TrainingError, match="cuda_graph=True, but augmentation runs eagerly"):
+    odd_augment = data.Compose([data.RandomAffine(5.0), data.RandomHorizontalFlip()])
+    augmenting = data.DataLoader(*_data(), 4, seed=0, device="cuda", augment=odd_augment)
+    with pytest.raises(TrainingError, match="cuda_graph=True, but the augmentation"):
         trainer.fit(augmenting, epochs=1)
+
+
+def test_augmented_graph_epochs_equal_the_uncaptured_step():
+    """Flip and affine parameters drawn on the device inside the graph: the captured epochs
+    equal the same work run uncaptured, and each step draws new parameters."""
+    recipe = data.parse_recipe("rotate=10,shift=0.1,scale=0.9:1.1,flip")
+    results = {}
+    for capture in (True, False):
+        images, labels = _data()
+        loader = data.DataLoader(images, labels, 2, seed=3, device="cuda", augment=recipe)
+        trainer = _trainer(_model(dropout=False))
+        trainer.check_loader(loader, "train")
+        runner = GraphTraining(trainer, loader, capture=capture)
+        _fit(trainer, loader, runner, 2)
+        runner.close()
+        assert runner.fallback is None
+        results[capture] = _state(trainer)
+    _assert_close(results[True], results[False])
