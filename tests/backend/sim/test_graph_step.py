@@ -434,3 +434,26 @@ def test_augmented_graph_epochs_equal_the_uncaptured_step():
         assert runner.fallback is None
         results[capture] = _state(trainer)
     _assert_close(results[True], results[False])
+
+
+def test_plateau_cuts_and_early_stopping_act_alike_with_and_without_graphs():
+    """ReduceLROnPlateau changes the lr between epochs without a recapture (the optimizer's
+    device state takes it), and early stopping ends both fits at the same epoch."""
+    from gpucnn.train import EarlyStopping, PlateauScheduler
+
+    histories = {}
+    for graphs in (True, False):
+        images, labels = _data()
+        train = data.DataLoader(images, labels, 2, seed=3, device="cuda")
+        val = data.DataLoader(images, labels, 5, shuffle=False, device="cuda")
+        callbacks = [
+            EarlyStopping("val_loss", patience=1, min_delta=10.0),  # stops after 2 epochs
+            PlateauScheduler("val_loss", factor=0.5, patience=0, threshold=10.0),  # cuts each
+        ]
+        trainer = _trainer(
+            _model(dropout=False, conv_bias=False), cuda_graph=graphs, callbacks=callbacks
+        )
+        histories[graphs] = trainer.fit(train, val, epochs=4)
+    assert histories[True]["epoch"] == histories[False]["epoch"] == [1, 2]
+    assert histories[True]["lr"] == histories[False]["lr"] == [1e-2, 5e-3]
+    np.testing.assert_allclose(histories[True]["val_loss"], histories[False]["val_loss"], rtol=2e-5)
