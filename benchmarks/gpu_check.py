@@ -1,464 +1,324 @@
-"""One prepared GPU check: correctness, kernel timings and an epoch, gpucnn vs PyTorch/cuDNN.
+"""One prepared GPU check: correctness, step and kernel timings and epochs, gpucnn vs PyTorch.
 
     PYTHONPATH=. python benchmarks/gpu_check.py --data-dir .device-data [--out DIR]
+        [--parts a,g,s,f,c,p,d,k,b,t] [--skip ...] [--budget-s 270] [--quick]
 
-Needs numba (numba-cuda), cupy, torch and numpy only; no network, no prefect. Meant to finish
-in a few minutes on an H100:
+Needs numba (numba-cuda), cupy, torch and numpy only; no network, no prefect. Parts, in the
+order they run (each one's failure is reported and the others still run):
   (a) CUDA vs CPU agreement: every window kernel at the seed model's real shapes, then the
       seed model's loss and every parameter gradient for one batch of 64;
-  (b) per-kernel medians (synchronised, warmed up) of conv and pool forward+backward, gpucnn
-      vs torch.nn.functional with cuDNN;
-  (c) one epoch of the seed model (batch 64, MNIST resident on the GPU) for both, and the
+  (g) one CUDA graph per step vs the eager step: the seed model trained --graph-steps steps
+      (batch 64, Adam AMSGrad, the same batches) both ways through the Trainer; the
+      parameters must agree to --graph-tol relative (max |diff| / max |param|); PASS/FAIL;
+  (s) the training step at each of --batches (64, 512): wall ms per step and GPU us and
+      kernels per step (CUPTI through torch.profiler, which sees every kernel of the process)
+      for gpucnn eager (cuda_graph=False), gpucnn graph, PyTorch eager and PyTorch's whole
+      step as one CUDA graph (torch.cuda.graphs, Adam(capturable=True));
+  (f) the same gpucnn steps with FUSES_CONV_RELU_POOL set on the CUDA kernels module (the
+      fused Conv + ReLU + MaxPool2d(2) step), against (s): whether to turn fusion on;
+  (c) epochs of the seed model at batch 64, MNIST resident on the GPU: gpucnn (the Trainer's
+      default: graph when it can), PyTorch eager and PyTorch graph; epoch times and the
       training time until 99% test accuracy;
+  (p) the fast preset (TrainConfig.preset("fast"): seed model, batch 256, one cycle of 2
+      epochs to lr 1.5e-2, 2% held out) with gpucnn's recipe, and the same recipe in PyTorch
+      (Adam AMSGrad + OneCycleLR, the same split and initial weights): training time and test
+      accuracy per epoch, time to 99%;
   (d) kernel launches per training step: gpucnn's Numba launches, and every kernel on the
-      device for gpucnn and for PyTorch (CUPTI through torch.profiler).
-Before (a), the simulator's kernel tests (tests/backend/sim) run once more on the real GPU
-with CuPy arrays, when pytest is installed.
-Prints a markdown report and writes it to --out/gpu-check.md.
+      device for gpucnn and for PyTorch (CUPTI);
+  (k) per-kernel GPU time, gpucnn vs PyTorch/cuDNN and the GEMM kernel vs cuBLAS
+      (benchmarks/kernels.py --device cuda), also written to --out/kernels-cuda.md;
+  (b) per-op medians (synchronised wall time) of conv and pool forward+backward, gpucnn vs
+      torch.nn.functional with cuDNN;
+  (t) the simulator's kernel tests (tests/backend/sim) once more on the real GPU with CuPy
+      arrays, when pytest is installed, with what is left of the budget.
+The whole run keeps to --budget-s seconds from start (default 270, inside run.sh's 420 s
+timeout): a part that cannot start with the time it needs is skipped and says so, a part still
+running when the budget and a grace of 20 s are spent is stopped, and parts (s), (f), (c), (k)
+skip the rows that no longer fit. --quick shrinks every part (fewer steps and repeats, batch 64
+only). Prints a markdown report part by part and rewrites --out/gpu-check.md after each; its
+last line is always the summary (n/a for what was not measured):
+
+summary: epoch_s_b64=<gpucnn> torch_eager_epoch_s_b64=<..> torch_graph_epoch_s_b64=<..>
+gpu_us_b64=<..> torch_gpu_us_b64=<..> fast_time_to_99_s=<..> torch_fast_time_to_99_s=<..>
+
+(one line: epoch seconds of the steady second epoch at batch 64 from (c); GPU us per step at
+batch 64 from (s), gpucnn graph and PyTorch eager; training seconds to 99% test accuracy of
+the fast recipe from (p)).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime
-import statistics
-import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
+START = time.perf_counter()  # the budget counts from here
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import math  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.torch_seed import torch_seed_cnn  # noqa: E402
+# the parts, one module each (benchmarks/gpu_parts); their names are re-exported here, where
+# tests/backend/sim/test_gpu_check.py finds them
+from benchmarks.gpu_parts.agreement import check_agreement, kernel_tests_on_gpu  # noqa: E402
+from benchmarks.gpu_parts.common import (  # noqa: E402, F401
+    PART_ORDER,
+    PART_TITLES,
+    Budget,
+    PartTimeout,
+    Sizes,
+    StepSizes,
+    Terminated,
+    load_mnist,
+    synthetic_data,
+)
+from benchmarks.gpu_parts.epochs import EpochRun, epochs_b64, fast_preset  # noqa: E402, F401
+from benchmarks.gpu_parts.graph_vs_eager import graph_vs_eager  # noqa: E402
+from benchmarks.gpu_parts.launches import (  # noqa: E402, F401
+    count_numba_launches,
+    kernel_table,
+    kernel_timings,
+    launches,
+    uncount_numba_launches,
+)
+from benchmarks.gpu_parts.steps import STEP_VARIANTS, StepTime, step_timings  # noqa: E402, F401
 
-SEED_WINDOW_SHAPES = [  # (N, C, H, W, k, stride, pad): the seed model's convs and pools
-    (64, 1, 28, 28, 3, 1, 1),
-    (64, 32, 14, 14, 3, 1, 1),
-    (64, 32, 28, 28, 2, 2, 0),
-    (64, 64, 14, 14, 2, 2, 0),
-]
+# seconds a part needs at least to start (H200 guesses: Numba compiles each kernel once per
+# process, ~0.5-1 s each, in whichever part first launches it)
+PART_MIN_S = {
+    "a": 15,
+    "g": 10,
+    "s": 15,
+    "f": 10,
+    "c": 15,
+    "p": 12,
+    "d": 4,
+    "k": 10,
+    "b": 4,
+    "t": 20,
+}
+GRACE_S = 20  # a running part is stopped this long after the budget ends
 
-POOL_TIMING_SHAPES = [  # part (b) only: the seed model's pools at batch 512, overlapping windows
-    (512, 32, 28, 28, 2, 2, 0),
-    (512, 64, 14, 14, 2, 2, 0),
-    (64, 64, 56, 56, 3, 2, 1),  # ResNet's stem pool: max-pool backward with atomic adds
-]
-
-
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-    """The shapes part (a) checks at: the seed model's, by default. tests/backend/sim runs the
-    same code at tiny sizes in the CUDA simulator, so the script's glue is tested before it
-    meets a GPU."""
-
-    windows: tuple = tuple(SEED_WINDOW_SHAPES)
-    activations: tuple = (64, 32, 28, 28)  # after the first conv
-    logits: tuple = (64, 10)
-    fc_weight: tuple = (3136, 128)
-    image: tuple = (1, 28, 28)
-    batch: int = 64
-    model: Callable[[], object] | None = None  # default: models.build("seed", seed=0)
-
-
-def synced_median_ms(fn, sync, repeat=30, warmup=5) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def check_agreement(lines: list[str], sizes: Sizes = Sizes()) -> bool:  # noqa: B008
-    import cupy
-
-    from gpucnn import models, nn
-    from gpucnn.backend import cpu
-    from gpucnn.backend import cuda as gpu
-
-    ok_all = True
-    lines += ["## (a) CUDA vs CPU agreement", "", "| check | max abs diff | ok |", "|---|---:|---|"]
-    g = np.random.default_rng(0)
-    for n, c, h, w, k, s, p in sizes.windows:
-        x = g.standard_normal((n, c, h, w)).astype(np.float32)
-        xd = cupy.asarray(x)
-        checks = {}
-        cols = gpu.im2col(xd, k, s, p)
-        checks["im2col"] = float(abs(cupy.asnumpy(cols) - cpu.im2col(x, k, s, p)).max())
-        dc = g.standard_normal(cols.shape).astype(np.float32)
-        checks["col2im"] = float(
-            abs(
-                cupy.asnumpy(gpu.col2im(cupy.asarray(dc), x.shape, k, s, p))
-                - cpu.col2im(dc, x.shape, k, s, p)
-            ).max()
-        )
-        if 2 * p <= k:
-            y, arg = gpu.maxpool2d_fwd(xd, k, s, p)
-            yr, argr = cpu.maxpool2d_fwd(x, k, s, p)
-            checks["maxpool fwd"] = float(abs(cupy.asnumpy(y) - yr).max())
-            dy = g.standard_normal(yr.shape).astype(np.float32)
-            checks["maxpool bwd"] = float(
-                abs(
-                    cupy.asnumpy(gpu.maxpool2d_bwd(cupy.asarray(dy), arg, x.shape, k, s, p))
-                    - cpu.maxpool2d_bwd(dy, argr, x.shape, k, s, p)
-                ).max()
-            )
-        for name, diff in checks.items():
-            ok = diff < 1e-3
-            ok_all &= ok
-            lines.append(f"| {name} {(n, c, h, w)} k{k} s{s} p{p} | {diff:.2e} | {ok} |")
-    dev, host = cupy.asarray, cupy.asnumpy
-    a = g.standard_normal(sizes.activations).astype(np.float32)
-    checks = {
-        f"relu {sizes.activations}": abs(host(gpu.relu_fwd(dev(a))) - cpu.relu_fwd(a)).max(),
-        f"dropout p=0.5 mask {sizes.activations}": abs(
-            host(gpu.dropout_fwd(dev(a), 0.5, 12345)) - cpu.dropout_fwd(a, 0.5, 12345)
-        ).max(),
-    }
-    rows, classes = sizes.logits
-    z, labels = g.standard_normal(sizes.logits).astype(np.float32), g.integers(0, classes, rows)
-    (lg, gg), (lc, gc) = gpu.softmax_xent_fwd(dev(z), dev(labels)), cpu.softmax_xent_fwd(z, labels)
-    checks[f"softmax cross-entropy loss {sizes.logits}"] = abs(float(lg) - float(lc))
-    checks[f"softmax cross-entropy grad {sizes.logits}"] = abs(host(gg) - gc).max()
-    ones, zeros = np.ones(a.shape[1], np.float32), np.zeros(a.shape[1], np.float32)
-    yg, saved_g = gpu.batchnorm2d_fwd(
-        dev(a), dev(ones), dev(zeros), dev(zeros), dev(ones), True, 0.1, 1e-5
-    )
-    yc, saved_c = cpu.batchnorm2d_fwd(a, ones, zeros, zeros.copy(), ones.copy(), True, 0.1, 1e-5)
-    checks[f"batchnorm fwd {sizes.activations}"] = abs(host(yg) - yc).max()
-    dxg = gpu.batchnorm2d_bwd(dev(a), saved_g, dev(ones), True)[0]
-    checks[f"batchnorm bwd {sizes.activations}"] = abs(
-        host(dxg) - cpu.batchnorm2d_bwd(a, saved_c, ones, True)[0]
-    ).max()
-    w, grad = (
-        g.standard_normal(sizes.fc_weight).astype(np.float32),
-        g.standard_normal(sizes.fc_weight).astype(np.float32),
-    )
-    state = [np.zeros_like(w) for _ in range(3)]
-    kw = dict(
-        step_size=1e-3, beta1=0.9, beta2=0.999, bias_correction2=1e-3, eps=1e-8, weight_decay=1e-5
-    )
-    wd, sd = dev(w), [dev(t) for t in state]
-    gpu.adam_update(wd, dev(grad), *sd, **kw)
-    cpu.adam_update(w, grad, *state, **kw)
-    checks[f"adam amsgrad step {sizes.fc_weight}"] = abs(host(wd) - w).max()
-    for name, diff in checks.items():
-        ok = float(diff) < 1e-3
-        ok_all &= ok
-        lines.append(f"| {name} | {float(diff):.2e} | {ok} |")
-    build = sizes.model or (lambda: models.build("seed", seed=0))
-    cpu_model, gpu_model = build(), build().to("cuda")
-    x = g.standard_normal((sizes.batch, *sizes.image)).astype(np.float32)
-    y = g.integers(0, classes, sizes.batch)
-    losses = []
-    for model, xx, yy in ((cpu_model, x, y), (gpu_model, cupy.asarray(x), cupy.asarray(y))):
-        crit = nn.CrossEntropyLoss()
-        losses.append(float(crit(model(xx), yy)))
-        model.backward(crit.backward())
-    diff = abs(losses[0] - losses[1])
-    lines.append(f"| model loss, batch {sizes.batch} | {diff:.2e} | {diff < 1e-4} |")
-    ok_all &= diff < 1e-4
-    for (name, pc), pg in zip(cpu_model.named_parameters(), gpu_model.parameters(), strict=True):
-        d = float(abs(pc.grad - cupy.asnumpy(pg.grad)).max() / (abs(pc.grad).max() + 1e-12))
-        lines.append(f"| grad {name} (relative) | {d:.2e} | {d < 1e-3} |")
-        ok_all &= d < 1e-3
-    lines.append("")
-    return ok_all
+SUMMARY_KEYS = (
+    "epoch_s_b64",
+    "torch_eager_epoch_s_b64",
+    "torch_graph_epoch_s_b64",
+    "gpu_us_b64",
+    "torch_gpu_us_b64",
+    "fast_time_to_99_s",
+    "torch_fast_time_to_99_s",
+)
 
 
-def kernel_tests_on_gpu(lines: list[str]) -> bool:
-    """tests/backend/sim once more, on the real GPU with CuPy arrays (no simulator)."""
-    import os
-    import subprocess
+def summary_line(results: dict[str, Any]) -> str:
+    """The report's last line: every SUMMARY_KEYS value (seconds with 2 decimals, us whole),
+    n/a for what was not measured."""
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/backend/sim"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except Exception as exc:  # no pytest, a hang: report it, the other parts still run
-        lines += ["## (t) kernel tests on the GPU", "", f"not run: {exc}", ""]
-        return False
-    tail = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
-    lines += [
-        "## (t) kernel tests on the GPU",
-        "",
-        f"`pytest tests/backend/sim` with CuPy arrays, no simulator: {tail}",
-        "",
-    ]
-    if out.returncode != 0:
-        lines += ["```", out.stdout[-3000:], out.stderr[-1000:], "```", ""]
-    return out.returncode == 0
+    def fmt(key: str) -> str:
+        v = results.get(key)
+        if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return "n/a"
+        return f"{v:.0f}" if key.endswith("_us_b64") else f"{v:.2f}"
+
+    return "summary: " + " ".join(f"{k}={fmt(k)}" for k in SUMMARY_KEYS)
 
 
-def kernel_timings(lines: list[str]) -> None:
-    import cupy
-    import torch
-
-    from gpucnn import functional as F
-
-    sync = cupy.cuda.Device().synchronize
-    lines += [
-        "## (b) kernels, forward + backward, median ms",
-        "",
-        "| op | gpucnn | PyTorch cuDNN | gpucnn / cuDNN |",
-        "|---|---:|---:|---:|",
-    ]
-    g = np.random.default_rng(0)
-    cases = [("conv" if sh[4] == 3 else "pool", sh) for sh in SEED_WINDOW_SHAPES]
-    for kind, (n, c, h, w, k, s, p) in cases + [("pool", sh) for sh in POOL_TIMING_SHAPES]:
-        x = cupy.asarray(g.standard_normal((n, c, h, w)).astype(np.float32))
-        xt = torch.as_tensor(x, device="cuda").requires_grad_(True)
-        if kind == "conv":
-            f = 32 if c == 1 else 64
-            wt = cupy.asarray(g.standard_normal((f, c, k, k)).astype(np.float32))
-            b = cupy.zeros(f, np.float32)
-
-            def ours():
-                y, cache = F.conv2d_forward(x, wt, b, s, p)
-                F.conv2d_backward(cupy.ones_like(y), cache)
-
-            wtt = torch.as_tensor(wt, device="cuda").requires_grad_(True)
-            bt = torch.zeros(f, device="cuda", requires_grad=True)
-
-            def ref():
-                y = torch.nn.functional.conv2d(xt, wtt, bt, s, p)
-                y.backward(torch.ones_like(y))
-
-            name = f"conv {c}->{f} on {h}x{w}"
-        else:
-
-            def ours():
-                y, cache = F.maxpool2d_forward(x, k, s, p)
-                F.maxpool2d_backward(cupy.ones_like(y), cache)
-
-            def ref():
-                y = torch.nn.functional.max_pool2d(xt, k, s, p)
-                y.backward(torch.ones_like(y))
-
-            name = f"maxpool {k}x{k}" + (f"/{s} pad {p}" if (s, p) != (k, 0) else "")
-            name += f" on {c}x{h}x{w}"
-        t_ours = synced_median_ms(ours, sync)
-        t_ref = synced_median_ms(ref, torch.cuda.synchronize)
-        lines.append(f"| {name} (batch {n}) | {t_ours:.3f} | {t_ref:.3f} | {t_ours / t_ref:.2f} |")
-    lines.append("")
+def write_report(path: Path, lines: list[str], results: dict[str, Any]) -> str:
+    """The report so far, its summary line last; written to ``path`` (when not None)."""
+    text = "\n".join([*lines, summary_line(results)]) + "\n"
+    if path is not None:
+        path.write_text(text)
+    return text
 
 
-def count_numba_launches() -> dict[str, int]:
-    """Wrap every gpucnn CUDA kernel so that each launch bumps the returned counter."""
-    from gpucnn.backend import cuda as gpu
-
-    launches = {"n": 0}
-
-    class Counting:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, cfg):
-            launches["n"] += 1
-            return self.kernel[cfg]
-
-    for module in gpu.KERNEL_MODULES:
-        for name in dir(module):
-            if name.endswith("_kernel"):
-                setattr(module, name, Counting(getattr(module, name)))
-    return launches
+# -- (a) CUDA vs CPU agreement, (t) the kernel tests on the GPU ----------------------------
 
 
-def device_kernels_per_call(fn) -> str:
-    """How many CUDA kernels ``fn`` puts on the device, counted by CUPTI (torch.profiler sees
-    every kernel of the process, whichever library launched it)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
-    except Exception as exc:  # no CUPTI on this machine: say so, do not fail the check
-        return f"n/a ({type(exc).__name__})"
-    return str(sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA"))
+# -- (g) one CUDA graph per step vs the eager step ------------------------------------------
 
 
-def epochs(lines: list[str], data_dir: str, max_epochs: int) -> None:
-    import cupy
-    import torch
-
-    from gpucnn import data, models, nn, optim
-
-    x, y = data.load("mnist", "train", root=data_dir, download=False)
-    xt, yt = data.load("mnist", "test", root=data_dir, download=False)
-    mean, std = 0.1307, 0.3081
-    train = data.DataLoader(x, y, 64, seed=0, mean=mean, std=std, device="cuda")
-    test = data.DataLoader(xt, yt, 1000, shuffle=False, mean=mean, std=std, device="cuda")
-
-    launches = count_numba_launches()
-
-    model = models.build("seed", seed=0).to("cuda")
-    crit = nn.CrossEntropyLoss()
-    opt = optim.Adam(model.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
-    sync = cupy.cuda.Device().synchronize
-
-    def ours_epoch():
-        model.train()
-        for xb, yb in train:
-            model.zero_grad()
-            crit(model(xb), yb)
-            model.backward(crit.backward())
-            opt.step()
-
-    def ours_acc():
-        model.eval()
-        correct = sum(int((model(xb).argmax(axis=1) == yb).sum()) for xb, yb in test)
-        return correct / len(yt)
-
-    tm = torch_seed_cnn().cuda()
-    topt = torch.optim.Adam(tm.parameters(), 1e-3, weight_decay=1e-5, amsgrad=True)
-    tcrit = torch.nn.CrossEntropyLoss()
-    gx = torch.as_tensor(((x.astype(np.float32) / 255 - mean) / std)[:, None], device="cuda")
-    gy = torch.as_tensor(y, device="cuda")
-    tx = torch.as_tensor(((xt.astype(np.float32) / 255 - mean) / std)[:, None], device="cuda")
-    ty = torch.as_tensor(yt, device="cuda")
-
-    def torch_epoch():
-        tm.train()
-        perm = torch.randperm(len(gy), device="cuda")
-        for i in range(0, len(gy), 64):
-            idx = perm[i : i + 64]
-            topt.zero_grad()
-            tcrit(tm(gx[idx]), gy[idx]).backward()
-            topt.step()
-
-    def torch_acc():
-        tm.eval()
-        with torch.no_grad():
-            return float((tm(tx).argmax(1) == ty).float().mean())
-
-    rows = []
-    for name, epoch, acc, s in (
-        ("gpucnn", ours_epoch, ours_acc, sync),
-        ("PyTorch eager + cuDNN", torch_epoch, torch_acc, torch.cuda.synchronize),
-    ):
-        first, total, reached, acc_v = None, 0.0, None, 0.0
-        for e in range(max_epochs):
-            s()
-            t0 = time.perf_counter()
-            epoch()
-            s()
-            dt = time.perf_counter() - t0
-            first = dt if first is None else first
-            total += dt
-            acc_v = acc()
-            if acc_v >= 0.99 and reached is None:
-                reached = (total, e + 1)
-                break
-        rows.append((name, first, reached, acc_v))
-        if name == "gpucnn":
-            launches["n"] = 0
-            xb, yb = next(iter(train))
-
-            def ours_step():
-                model.zero_grad()
-                crit(model(xb), yb)
-                model.backward(crit.backward())
-                opt.step()
-
-            ours_step()
-            per_step = launches["n"]
-            device_kernels = {"gpucnn": device_kernels_per_call(ours_step)}
-    xb, yb = gx[:64], gy[:64]
-
-    def torch_step():
-        topt.zero_grad()
-        tcrit(tm(xb), yb).backward()
-        topt.step()
-
-    device_kernels["PyTorch"] = device_kernels_per_call(torch_step)
-    lines += [
-        "## (c) seed model on MNIST, batch 64, data resident on the GPU",
-        "",
-        "| | first epoch s | training s to 99% test acc (epochs) | last test acc |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, first, reached, acc_v in rows:
-        r = f"{reached[0]:.2f} ({reached[1]})" if reached else f"not within {max_epochs}"
-        lines.append(f"| {name} | {first:.2f} | {r} | {acc_v:.4f} |")
-    lines += [
-        "",
-        f"epoch time gpucnn / PyTorch: **{rows[0][1] / rows[1][1]:.2f}**",
-        "",
-        "## (d) launches per training step (batch 64, Adam amsgrad)",
-        "",
-        f"- gpucnn Numba kernel launches: {per_step}",
-        f"- every CUDA kernel on the device (CUPTI, via torch.profiler; CuPy elementwise and "
-        f"reductions and cuBLAS included): gpucnn {device_kernels['gpucnn']}, "
-        f"PyTorch {device_kernels['PyTorch']}",
-        "",
-    ]
+# -- (s), (f) the training step: wall ms and GPU us per step -------------------------------
 
 
-def main() -> None:
+# -- (c), (p) epochs and time to 99% -------------------------------------------------------
+
+
+# -- (d) launches per step -----------------------------------------------------------------
+
+
+# -- (k) per-kernel GPU time, (b) per-op wall medians ---------------------------------------
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise PartTimeout("the budget ran out while this part was running")
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--data-dir",
         default=".device-data",
         help="a gpucnn data folder holding mnist/ (verified IDX files)",
     )
-    ap.add_argument("--out", default=".", help="folder for gpu-check.md")
-    ap.add_argument("--max-epochs", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: t,a,b,c")
-    args = ap.parse_args()
-    import cupy
-    import numba
-    import torch
+    ap.add_argument("--out", default=".", help="folder for gpu-check.md and kernels-cuda.md")
+    ap.add_argument(
+        "--parts", default=",".join(PART_ORDER), help="comma list of the parts to run (any order)"
+    )
+    ap.add_argument("--skip", default="", help="comma list of parts to skip")
+    ap.add_argument("--budget-s", type=float, default=270, help="seconds for the whole run")
+    ap.add_argument("--quick", action="store_true", help="every part smaller (batch 64 only)")
+    ap.add_argument("--batches", default="64,512", help="(s), (f), (k): batch sizes")
+    ap.add_argument("--steps", type=int, default=50, help="(s), (f): steps per timed epoch")
+    ap.add_argument("--timed-epochs", type=int, default=2, help="(s), (f): timed epochs")
+    ap.add_argument("--graph-steps", type=int, default=50, help="(g): steps each way")
+    ap.add_argument("--graph-tol", type=float, default=1e-4, help="(g): relative tolerance")
+    ap.add_argument("--max-epochs", type=int, default=3, help="(c): most epochs")
+    ap.add_argument("--min-epochs", type=int, default=2, help="(c): fewest epochs")
+    ap.add_argument("--kernel-repeat", type=int, default=20, help="(k): calls timed per op")
+    ap.add_argument("--test-timeout", type=float, default=240, help="(t): most seconds")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batches, args.steps, args.timed_epochs = "64", 20, 1
+        args.graph_steps, args.max_epochs, args.kernel_repeat = 20, 2, 10
+    return args
 
-    props = cupy.cuda.runtime.getDeviceProperties(0)
-    lines = [
-        "# GPU check: gpucnn CUDA backend vs CPU and vs PyTorch/cuDNN",
-        "",
+
+def main(argv: list[str] | None = None, started: float = START) -> int:
+    """Run the chosen parts within the budget (counted from ``started``); 0 when all passed."""
+    args = parse_args(argv)
+    budget = Budget(args.budget_s, started)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / "gpu-check.md"
+    batches = tuple(int(b) for b in args.batches.split(","))
+    sizes = StepSizes(batches=batches, steps=args.steps, timed_epochs=args.timed_epochs)
+    lines = ["# GPU check: gpucnn CUDA backend vs CPU and vs PyTorch/cuDNN", ""]
+    try:
+        import cupy
+        import numba
+        import torch
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        lines.append(
+            f"- device: {props['name'].decode()}, cupy {cupy.__version__}, numba "
+            f"{numba.__version__}, torch {torch.__version__} "
+            f"(cuDNN {torch.backends.cudnn.version()})"
+        )
+    except Exception as exc:  # the parts will say what fails
+        lines.append(f"- device: unknown ({type(exc).__name__}: {exc})")
+    lines += [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
-        f"- device: {props['name'].decode()}, cupy {cupy.__version__}, numba {numba.__version__}, "
-        f"torch {torch.__version__} (cuDNN {torch.backends.cudnn.version()})",
         f"- command: `PYTHONPATH=. python {' '.join(sys.argv)}`",
+        f"- budget: {args.budget_s:.0f} s from start",
         "",
     ]
-    skip = set(args.skip.split(","))
-    ok = True
-    for part, fn in (
-        ("t", lambda: kernel_tests_on_gpu(lines)),
-        ("a", lambda: check_agreement(lines)),
-        ("b", lambda: kernel_timings(lines)),
-        ("c", lambda: epochs(lines, args.data_dir, args.max_epochs)),
-    ):
-        if part in skip:
-            continue
+    print("\n".join(lines), flush=True)
+    results: dict[str, Any] = {}
+    mnist: dict[str, Any] = {}
+
+    def data() -> tuple[np.ndarray, ...]:
+        if "error" in mnist:
+            raise mnist["error"]
+        if "arrays" not in mnist:
+            try:
+                mnist["arrays"] = load_mnist(args.data_dir)
+            except Exception as exc:
+                mnist["error"] = exc
+                raise
+        return mnist["arrays"]
+
+    def part_g() -> bool:
         try:
-            result = fn()
-            ok &= result is not False
-        except Exception as exc:  # report and go on: every part's evidence counts
-            ok = False
-            lines += [f"## part ({part}) failed", "", f"```\n{type(exc).__name__}: {exc}\n```", ""]
-        print("\n".join(lines), flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gpu-check.md").write_text("\n".join(lines) + "\n")
-    sys.exit(0 if ok else 1)
+            x, y, *_ = data()
+            note = "MNIST"
+        except Exception as exc:
+            x, y = synthetic_data(args.graph_steps * 64, sizes)
+            note = f"random images: no MNIST ({type(exc).__name__})"
+        return graph_vs_eager(
+            lines, x, y, args.graph_steps, 64, args.graph_tol, sizes, data_note=note
+        )
+
+    parts: dict[str, Callable[[], Any]] = {
+        "a": lambda: check_agreement(lines),
+        "g": part_g,
+        "s": lambda: step_timings(lines, results, sizes, fused=False, budget=budget),
+        "f": lambda: step_timings(lines, results, sizes, fused=True, budget=budget),
+        "c": lambda: epochs_b64(
+            lines, results, data(), sizes, args.max_epochs, args.min_epochs, budget=budget
+        ),
+        "p": lambda: fast_preset(lines, results, data(), args.data_dir, sizes, budget),
+        "d": lambda: launches(lines, results, sizes),
+        "k": lambda: kernel_table(lines, out_dir, batches, args.kernel_repeat, budget),
+        "b": lambda: kernel_timings(lines),
+        "t": lambda: kernel_tests_on_gpu(lines, min(args.test_timeout, budget.left())),
+    }
+    chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in parts]
+    if unknown:
+        raise SystemExit(f"unknown parts {unknown}; choose from {','.join(PART_ORDER)}")
+    skip = {p.strip() for p in args.skip.split(",")}
+    chosen = [p for p in chosen if p not in skip]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGALRM, signal.SIGTERM)}
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGTERM, _on_term)
+    ok = True
+    try:
+        for part in chosen:
+            start = len(lines)
+            left = budget.left()
+            if left < PART_MIN_S[part]:
+                lines += [
+                    f"## ({part}) {PART_TITLES[part]}: skipped, {max(left, 0):.0f} s of the "
+                    f"budget left, it needs ~{PART_MIN_S[part]} s",
+                    "",
+                ]
+                ok = False
+            else:
+                t0 = time.perf_counter()
+                signal.setitimer(signal.ITIMER_REAL, left + GRACE_S)
+                try:
+                    ok &= parts[part]() is not False
+                except PartTimeout:
+                    ok = False
+                    lines += [f"## part ({part}) stopped: the budget ran out", ""]
+                except Exception as exc:  # report and go on: every part's evidence counts
+                    ok = False
+                    tb = traceback.format_exc().strip().splitlines()[-12:]
+                    lines += [f"## part ({part}) failed: {type(exc).__name__}", "", "```"]
+                    lines += [*tb, "```", ""]
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                lines += [f"_part ({part}): {time.perf_counter() - t0:.1f} s_", ""]
+            write_report(report, lines, results)
+            print("\n".join(lines[start:]), flush=True)
+    except Terminated:
+        ok = False
+        lines += ["## terminated (SIGTERM: run.sh's timeout?)", ""]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    lines.append(f"_total: {time.perf_counter() - started:.1f} s_")
+    lines.append("")
+    write_report(report, lines, results)
+    print(summary_line(results), flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
