@@ -15,7 +15,8 @@ order they run (each one's failure is reported and the others still run):
       for gpucnn eager (cuda_graph=False), gpucnn graph, PyTorch eager and PyTorch's whole
       step as one CUDA graph (torch.cuda.graphs, Adam(capturable=True));
   (f) the same gpucnn steps with FUSES_CONV_RELU_POOL set on the CUDA kernels module (the
-      fused Conv + ReLU + MaxPool2d(2) step), against (s): whether to turn fusion on;
+      fused Conv + ReLU + MaxPool2d(2) step), then with DIRECT_CONV_MAX_TAPS = 9 (the first
+      conv without columns), each against (s): whether to turn either on;
   (c) epochs of the seed model at batch 64, MNIST resident on the GPU: gpucnn (the Trainer's
       default: graph when it can), PyTorch eager and PyTorch graph; epoch times and the
       training time until 99% test accuracy;

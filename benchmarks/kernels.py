@@ -1,6 +1,7 @@
 """Per-op timings on the CPU: gpucnn vs a naive NumPy loop vs PyTorch, side by side.
 
     python benchmarks/kernels.py [--repeat 20] [--threads 2] [--out FILE] [--fused-only]
+        [--direct-only]
     python benchmarks/kernels.py --device cuda [--batches 64,512] [--repeat 20] [--out FILE]
 
 Forward + backward of conv, max-pool and linear at the seed model's shapes (batch 64) and a
@@ -15,9 +16,15 @@ forward + backward: the layers' functional ops one by one against the fused op
 the rounds' medians), with PyTorch's three ops beside them. The first block computes no dx, as
 in the model. ``--fused-only`` prints that table alone.
 
+A third table is an A/B of the seed model's first conv (one channel, 3x3: 9 taps) through
+im2col + GEMM and through the direct kernels (gpucnn.backend.cpu.direct, the setting
+DIRECT_CONV_MAX_TAPS), forward and the weight gradient, in rounds as above.
+``--direct-only`` prints that table alone (batches 64 and 256).
+
 On a GPU (``--device cuda [--batches 64,512]``): per-kernel GPU time, gpucnn against the
 PyTorch/cuDNN op (and the GEMM kernel against cuBLAS through CuPy) at the seed model's shapes:
-conv forward and backward (each seed conv; the first computes no dx, as in the model), max-pool
+conv forward and backward (each seed conv; the first computes no dx, as in the model, and is
+timed twice: through im2col + GEMM and through the direct kernels), max-pool
 forward and backward (the seed pools and an overlapping 3x3/2/1), ReLU, softmax
 cross-entropy, BatchNorm2d, the fused Conv + ReLU + MaxPool2d(2) block (and gpucnn's layers one
 by one) against PyTorch's three ops, and every GEMM of the seed step with the operands laid
@@ -245,6 +252,46 @@ def fused_rows(repeat: int, batches: tuple[int, ...], has_torch: bool, rounds: i
     return rows
 
 
+def direct_rows(repeat: int, batches: tuple[int, ...], rounds: int = 5) -> list:
+    """The seed model's first conv (1 -> 32, 3x3 pad 1, no dx) through im2col + GEMM and
+    through the direct kernels (gpucnn.backend.cpu.direct), taking turns in rounds."""
+    from gpucnn.backend import cpu
+
+    rows = [
+        "| conv1 1→32 3x3 p1 (28x28) | batch | im2col + GEMM ms | direct ms | direct / im2col |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    g = np.random.default_rng(0)
+    was = cpu.DIRECT_CONV_MAX_TAPS
+    try:
+        for batch in batches:
+            x = g.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+            w = (0.1 * g.standard_normal((32, 1, 3, 3))).astype(np.float32)
+            b = (0.1 * g.standard_normal(32)).astype(np.float32)
+            dy = g.standard_normal((batch, 32, 28, 28)).astype(np.float32)
+            for what in ("forward", "backward (dw, db)"):
+                times: dict[int, list[float]] = {0: [], 9: []}
+                for _ in range(rounds):
+                    for taps in (0, 9):  # DIRECT_CONV_MAX_TAPS: off, then on for 9 taps
+                        cpu.DIRECT_CONV_MAX_TAPS = taps
+                        _, cache = F.conv2d_forward(x, w, b, 1, 1)
+                        fn = (
+                            (lambda: F.conv2d_forward(x, w, b, 1, 1))
+                            if what == "forward"
+                            else (lambda c=cache: F.conv2d_backward(dy, c, need_dx=False))
+                        )
+                        times[taps].append(median_ms(fn, repeat))
+                t_cols, t_direct = (statistics.median(times[k]) for k in (0, 9))
+                rows.append(
+                    f"| {what} | {batch} | {t_cols:.2f} | {t_direct:.2f} | "
+                    f"{t_direct / t_cols:.2f} |"
+                )
+                print(rows[-1], flush=True)
+    finally:
+        cpu.DIRECT_CONV_MAX_TAPS = was
+    return rows
+
+
 # -- the GPU: per-kernel time, gpucnn vs PyTorch/cuDNN and cuBLAS ---------------------------
 
 
@@ -437,9 +484,20 @@ def cuda_cases(batch: int, shapes: SeedShapes = SeedShapes(), torch_device: str 
 
     cases: list[Case] = []
 
-    def conv(name, c, f, hw, need_dx):
+    def conv(name, c, f, hw, need_dx, direct=False):
         shape = (n, c, hw, hw)
-        label = f"{name} {c}→{f} 3x3 p1 ({hw}x{hw})"
+        label = f"{name} {c}→{f} 3x3 p1 ({hw}x{hw})" + (" direct" if direct else "")
+
+        def ours(fn):  # with direct=True, through the direct kernels (cuda/direct.py)
+            def run():
+                was = gpu.DIRECT_CONV_MAX_TAPS
+                gpu.DIRECT_CONV_MAX_TAPS = c * 9 if direct else 0
+                try:
+                    return fn()
+                finally:
+                    gpu.DIRECT_CONV_MAX_TAPS = was
+
+            return run
 
         def inputs():
             return host(*shape), host(f, c, 3, 3, scale=0.1), host(f, scale=0.1)
@@ -449,14 +507,15 @@ def cuda_cases(batch: int, shapes: SeedShapes = SeedShapes(), torch_device: str 
             xd, wd, bd = cupy.asarray(x), cupy.asarray(w), cupy.asarray(b)
             xt, wt, bt = tt(x), tt(w), tt(b)
             return (
-                lambda: F.conv2d_forward(xd, wd, bd, 1, 1),
+                ours(lambda: F.conv2d_forward(xd, wd, bd, 1, 1)),
                 no_grad(lambda: tf.conv2d(xt, wt, bt, 1, 1)),
             )
 
         def bwd():
             x, w, b = inputs()
             dy = host(n, f, hw, hw)
-            _, cache = F.conv2d_forward(cupy.asarray(x), cupy.asarray(w), cupy.asarray(b), 1, 1)
+            xd, wd, bd = cupy.asarray(x), cupy.asarray(w), cupy.asarray(b)
+            _, cache = ours(lambda: F.conv2d_forward(xd, wd, bd, 1, 1))()
             dyd = cupy.asarray(dy)
             xt, wt, bt = tt(x, need_dx), tt(w, True), tt(b, True)
             y = tf.conv2d(xt, wt, bt, 1, 1)
@@ -470,6 +529,7 @@ def cuda_cases(batch: int, shapes: SeedShapes = SeedShapes(), torch_device: str 
         cases.append(Case("conv", f"{label} bwd ({what})", bwd))
 
     conv("conv1", 1, s.c1, h1, False)
+    conv("conv1", 1, s.c1, h1, False, direct=True)  # DIRECT_CONV_MAX_TAPS: on or not
     conv("conv2", s.c1, s.c2, h2, True)
 
     def pool(c, hw, k, stride, pad):
@@ -767,6 +827,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--fused-only", action="store_true", help="only the fused-block A/B")
     ap.add_argument(
+        "--direct-only", action="store_true", help="only the direct-vs-im2col first-conv A/B"
+    )
+    ap.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the per-kernel GPU table"
     )
     ap.add_argument("--batches", default="64,512", help="cuda: comma list of batch sizes")
@@ -791,7 +854,9 @@ def main() -> None:
     from benchmarks.machine import describe
 
     rows = []
-    if not args.fused_only:
+    if args.direct_only:
+        rows = direct_rows(args.repeat, (64, 256))
+    elif not args.fused_only:
         rows = [
             "| op (forward + backward) | gpucnn ms | naive loop ms | PyTorch ms | "
             "naive / gpucnn | gpucnn / PyTorch |",
@@ -809,7 +874,10 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
         rows.append("")
-    rows += fused_rows(args.repeat, (32, 64), torch is not None)
+    if not args.direct_only:
+        rows += fused_rows(args.repeat, (32, 64), torch is not None)
+    if not (args.fused_only or args.direct_only):
+        rows += ["", *direct_rows(args.repeat, (64,))]
     text = "\n".join(
         [
             f"# CPU kernels, {args.threads} threads",
@@ -817,7 +885,7 @@ def main() -> None:
             describe(),
             "",
             "Medians in ms; gpucnn / PyTorch < 1 means gpucnn is faster; unfused / fused > 1 "
-            "means the fused block is faster.",
+            "means the fused block is faster; direct / im2col > 1 means im2col is faster.",
             "",
             *rows,
         ]

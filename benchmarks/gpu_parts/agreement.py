@@ -51,6 +51,24 @@ def check_agreement(lines: list[str], sizes: Sizes = Sizes()) -> bool:  # noqa: 
             ok_all &= ok
             lines.append(f"| {name} {(n, c, h, w)} k{k} s{s} p{p} | {diff:.2e} | {ok} |")
     dev, host = cupy.asarray, cupy.asnumpy
+    n, c, h, w = sizes.windows[0][:4]  # the first conv's input: direct, 3x3 pad 1, 32 filters
+    x, wt = g.standard_normal((n, c, h, w)), g.standard_normal((32, c, 3, 3))
+    x, wt, b = x.astype(np.float32), wt.astype(np.float32), np.ones(32, np.float32)
+    yd, yc = (
+        gpu.conv2d_direct_fwd(dev(x), dev(wt), dev(b), 1, 1),
+        cpu.conv2d_direct_fwd(x, wt, b, 1, 1),
+    )
+    dy = g.standard_normal(yc.shape).astype(np.float32)
+    (dwd, dbd), (dwc, dbc) = (
+        gpu.conv2d_direct_bwd(dev(dy), dev(x), 3, 1, 1),
+        cpu.conv2d_direct_bwd(dy, x, 3, 1, 1),
+    )
+    for name, got, want in (("fwd", yd, yc), ("dw", dwd, dwc), ("db", dbd, dbc)):
+        diff = float(abs(host(got) - want).max() / max(1.0, float(abs(want).max())))
+        ok_all &= diff < 1e-4
+        lines.append(
+            f"| direct conv {name} {(n, c, h, w)} 3x3 p1, relative | {diff:.2e} | {diff < 1e-4} |"
+        )
     a = g.standard_normal(sizes.activations).astype(np.float32)
     checks = {
         f"relu {sizes.activations}": abs(host(gpu.relu_fwd(dev(a))) - cpu.relu_fwd(a)).max(),

@@ -29,7 +29,7 @@ PART_TITLES = {
     "a": "CUDA vs CPU agreement",
     "g": "one CUDA graph per step vs the eager step",
     "s": "the training step, wall and GPU time",
-    "f": "the training step with the fused Conv + ReLU + MaxPool2d(2)",
+    "f": "the training step with the fused Conv + ReLU + MaxPool2d(2), and with a direct conv1",
     "c": "epochs at batch 64",
     "p": "the fast preset, gpucnn and PyTorch",
     "d": "launches per training step",

@@ -128,6 +128,14 @@ def _cell(v: float | None, digits: int) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+# Part (f)'s settings of the CUDA kernels module, each against (s)'s rows (neither):
+# (FUSES_CONV_RELU_POOL, DIRECT_CONV_MAX_TAPS)
+STEP_SETTINGS = {
+    "fused": (True, 0),  # Conv + ReLU + MaxPool2d(2) blocks as one step (nn/fused.py)
+    "direct conv1": (False, 9),  # the first conv (1 channel, 3x3) without columns (direct.py)
+}
+
+
 def step_timings(
     lines: list[str],
     results: dict[str, Any],
@@ -135,11 +143,13 @@ def step_timings(
     fused: bool = False,
     budget: Budget = UNLIMITED,
 ) -> None:
-    """Part (s) (``fused=False``: the four variants) or (f) (gpucnn's two with the fused
-    Conv + ReLU + MaxPool2d(2) step, compared with (s)'s rows in ``results["steps"]``)."""
+    """Part (s) (``fused=False``: the four variants, with neither setting of STEP_SETTINGS) or
+    (f) (gpucnn's two variants under each setting of STEP_SETTINGS, compared with (s)'s rows in
+    ``results["steps"]``)."""
     from gpucnn.backend import cuda as gpu
 
     part = "f" if fused else "s"
+    settings = list(STEP_SETTINGS.items()) if fused else [("", (False, 0))]
     variants = STEP_VARIANTS[:2] if fused else STEP_VARIANTS
     table = results.setdefault("steps", {})
     lines += [
@@ -148,42 +158,56 @@ def step_timings(
         f"{sizes.steps} steps per epoch on random images, Adam AMSGrad; wall: the best of "
         f"{sizes.timed_epochs} epochs after a warm-up epoch (compilation, capture), per step; "
         "GPU us and kernels: CUPTI over one more epoch, per step (the epoch's own bookkeeping "
-        f"included). FUSES_CONV_RELU_POOL = {fused} on the CUDA kernels module.",
+        "included). "
+        + (
+            "Each setting of the CUDA kernels module in turn: "
+            + "; ".join(
+                f"{name}: FUSES_CONV_RELU_POOL = {f}, DIRECT_CONV_MAX_TAPS = {d}"
+                for name, (f, d) in settings
+            )
+            + "; the ratio is (s)'s wall time over this one's (> 1: the setting is faster)."
+            if fused
+            else "FUSES_CONV_RELU_POOL = False and DIRECT_CONV_MAX_TAPS = 0 on the CUDA kernels "
+            "module, whatever their defaults."
+        ),
         "",
         "| step | batch | wall ms/step | GPU us/step | kernels/step | "
-        + ("unfused wall / fused | " if fused else "")
+        + ("(s) wall / this | " if fused else "")
         + "note |",
         "|---|---:|---:|---:|---:|" + ("---:|" if fused else "") + "---|",
     ]
-    was = gpu.FUSES_CONV_RELU_POOL
-    gpu.FUSES_CONV_RELU_POOL = fused  # (s) unfused whatever the default, (f) fused
+    was = gpu.FUSES_CONV_RELU_POOL, gpu.DIRECT_CONV_MAX_TAPS
     try:
-        for batch in sizes.batches:
-            for variant in variants:
-                name = f"{variant} fused" if fused else variant
-                if budget.left() < 5:
-                    lines.append(f"| {name} | {batch} | skipped: out of budget |||")
-                    continue
-                try:
-                    t = step_time(variant, batch, sizes)
-                except PartTimeout:
-                    raise
-                except Exception as exc:  # report and go on
-                    t = StepTime(note=f"failed: {type(exc).__name__}: {exc}")
-                table[(name, batch)] = t
-                extra = ""
-                if fused:
-                    base = table.get((variant, batch))
-                    ratio = (
-                        base.wall_ms / t.wall_ms if base and base.wall_ms and t.wall_ms else None
+        for setting, (fuse, direct) in settings:
+            gpu.FUSES_CONV_RELU_POOL, gpu.DIRECT_CONV_MAX_TAPS = fuse, direct
+            for batch in sizes.batches:
+                for variant in variants:
+                    name = f"{variant} {setting}" if setting else variant
+                    if budget.left() < 5:
+                        lines.append(f"| {name} | {batch} | skipped: out of budget |||")
+                        continue
+                    try:
+                        t = step_time(variant, batch, sizes)
+                    except PartTimeout:
+                        raise
+                    except Exception as exc:  # report and go on
+                        t = StepTime(note=f"failed: {type(exc).__name__}: {exc}")
+                    table[(name, batch)] = t
+                    extra = ""
+                    if fused:
+                        base = table.get((variant, batch))
+                        ratio = (
+                            base.wall_ms / t.wall_ms
+                            if base and base.wall_ms and t.wall_ms
+                            else None
+                        )
+                        extra = f" {_cell(ratio, 2)} |"
+                    lines.append(
+                        f"| {name} | {batch} | {_cell(t.wall_ms, 3)} | {_cell(t.gpu_us, 0)} | "
+                        f"{_cell(t.kernels, 1)} |{extra} {t.note} |"
                     )
-                    extra = f" {_cell(ratio, 2)} |"
-                lines.append(
-                    f"| {name} | {batch} | {_cell(t.wall_ms, 3)} | {_cell(t.gpu_us, 0)} | "
-                    f"{_cell(t.kernels, 1)} |{extra} {t.note} |"
-                )
     finally:
-        gpu.FUSES_CONV_RELU_POOL = was
+        gpu.FUSES_CONV_RELU_POOL, gpu.DIRECT_CONV_MAX_TAPS = was
     if not fused:
         results["gpu_us_b64"] = getattr(table.get(("gpucnn graph", 64)), "gpu_us", None)
         results["torch_gpu_us_b64"] = getattr(table.get(("PyTorch eager", 64)), "gpu_us", None)

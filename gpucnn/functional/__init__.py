@@ -13,7 +13,7 @@ from gpucnn.functional.activation import (
     tanh_forward,
 )
 from gpucnn.functional.batchnorm import batchnorm2d_backward, batchnorm2d_forward
-from gpucnn.functional.conv import conv2d_backward, conv2d_forward, resolve_padding
+from gpucnn.functional.conv import conv2d_backward, conv2d_forward, goes_direct, resolve_padding
 from gpucnn.functional.dropout import dropout_backward, dropout_forward
 from gpucnn.functional.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from gpucnn.functional.linear import linear_backward, linear_forward
@@ -36,6 +36,7 @@ __all__ = [
     "batchnorm2d_forward",
     "conv2d_backward",
     "conv2d_forward",
+    "goes_direct",
     "conv2d_relu_maxpool_backward",
     "conv2d_relu_maxpool_forward",
     "cross_entropy_backward",

@@ -17,6 +17,12 @@ As matrices, with cols = im2col(x) of shape (C*k*k, N*OH*OW) and Wm = w.reshape(
 
 The products are the backend's ``kernels.matmul`` (NumPy's or CuPy's ``@``; the GEMM kernels
 while a CUDA step is captured into a graph, where cuBLAS is refused).
+
+A layer with few taps (C*k*k at most the backend's ``DIRECT_CONV_MAX_TAPS``; a first layer
+on one channel with 3×3 filters has 9) can skip the columns: ``conv2d_direct_fwd`` computes Y
+from x directly and ``conv2d_direct_bwd`` dW and db from x and dY (the sums above, as loops);
+dx, where wanted, is still col2im(Wm.T @ dY), which needs no columns. Whether it pays is the
+backend's measured setting (see gpucnn.backend.cpu and .cuda).
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ def resolve_padding(layer: str, padding: int | str, k: int, stride: int) -> int:
     return padding
 
 
+def goes_direct(be: Any, channels: int, k: int) -> bool:
+    """Whether a convolution with ``channels`` inputs and k×k filters skips the columns on
+    backend ``be``: C*k*k at most its kernels' ``DIRECT_CONV_MAX_TAPS`` (0: never)."""
+    return channels * k * k <= getattr(be.kernels, "DIRECT_CONV_MAX_TAPS", 0)
+
+
 def conv2d_forward(
     x: Any, w: Any, b: Any = None, stride: int = 1, padding: int | str = 0
 ) -> tuple[Any, tuple]:
@@ -81,6 +93,9 @@ def conv2d_forward(
     oh, ow = window_out_size(layer, x.shape, k, stride, pad)
     be = backend_of(x, w, b)
     n = x.shape[0]
+    if goes_direct(be, c, k):
+        y = be.kernels.conv2d_direct_fwd(x, w, b, stride, pad)
+        return y, (x, True, x.shape, w, b is not None, stride, pad)
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
     yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
@@ -90,7 +105,7 @@ def conv2d_forward(
         be.xp.add(yt, b[None, :, None, None], out=y)
     else:
         y[...] = yt
-    return y, (cols, x.shape, w, b is not None, stride, pad)
+    return y, (cols, False, x.shape, w, b is not None, stride, pad)
 
 
 def conv2d_backward(
@@ -102,12 +117,18 @@ def conv2d_backward(
     ``need_params=False`` skips dw and db (frozen filters); they are then None, as is db
     when the forward pass had no bias.
     """
-    cols, x_shape, w, has_bias, stride, pad = cache
+    saved, direct, x_shape, w, has_bias, stride, pad = cache  # saved: cols, or x if direct
     be = backend_of(dy)
     f, _, k, _ = w.shape
-    dy2 = dy.transpose(1, 0, 2, 3).reshape(f, -1)  # (F, N*OH*OW)
-    dw = be.kernels.matmul(dy2, cols.T).reshape(w.shape) if need_params else None
-    db = dy2.sum(axis=1) if has_bias and need_params else None
+    # (F, N*OH*OW), a copy: made only where a GEMM reads it
+    dy2 = dy.transpose(1, 0, 2, 3).reshape(f, -1) if need_dx or not direct else None
+    dw = db = None
+    if need_params and direct:
+        dw, db = be.kernels.conv2d_direct_bwd(dy, saved, k, stride, pad)
+        db = db if has_bias else None
+    elif need_params:
+        dw = be.kernels.matmul(dy2, saved.T).reshape(w.shape)
+        db = dy2.sum(axis=1) if has_bias else None
     dx = None
     if need_dx:
         # (C*k*k, N*OH*OW), a temporary: col2im may reuse it

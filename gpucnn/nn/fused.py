@@ -6,7 +6,8 @@ Conv2d's own objects, so optimizers, checkpoints and state_dict names do not cha
 layers as written stay the model's children. It fuses only what matches exactly: a Conv2d, then
 (in the order Sequential runs them, where a ReLU before a max pool runs after it) a
 MaxPool2d(kernel_size=2, stride=2, padding=0) and a ReLU, nothing between them, on a backend
-whose kernels module says FUSES_CONV_RELU_POOL (measured faster there).
+whose kernels module says FUSES_CONV_RELU_POOL (measured faster there), unless that backend
+convolves this Conv2d directly (gpucnn.functional.goes_direct).
 """
 
 from __future__ import annotations
@@ -69,14 +70,17 @@ class ConvReLUPool(Module):
 
 
 def fusable(conv: Module, pool: Module, relu: Module) -> bool:
-    """Whether three layers, consecutive in run order, are exactly a Conv2d, a 2×2 stride-2
-    unpadded MaxPool2d and a ReLU, on a backend that fuses them."""
+    """Whether three layers, consecutive in run order, are exactly a Conv2d (one the backend
+    does not convolve directly), a 2×2 stride-2 unpadded MaxPool2d and a ReLU, on a backend
+    that fuses them."""
     if type(conv) is not Conv2d or type(pool) is not MaxPool2d or type(relu) is not ReLU:
         return False
     if (pool.kernel_size, pool.stride, pool.padding) != (2, 2, 0):
         return False
-    kernels = backend_of(conv.weight.data).kernels
-    return bool(getattr(kernels, "FUSES_CONV_RELU_POOL", False))
+    be = backend_of(conv.weight.data)
+    if F.goes_direct(be, conv.in_channels, conv.kernel_size):
+        return False  # it makes no GEMM output (F, N, OH, OW) for the fused epilogue to read
+    return bool(getattr(be.kernels, "FUSES_CONV_RELU_POOL", False))
 
 
 def fuse_steps(order: list[tuple[str, Module]]) -> list[tuple[tuple[str, ...], Module]]:

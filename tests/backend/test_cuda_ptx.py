@@ -54,6 +54,8 @@ def _every_launch() -> None:
     x = f32(2, 3, 6, 6)
     cols = gpu.im2col(x, 3, 1, 1)
     gpu.col2im(f32(27, 72), x.shape, 3, 1, 1)
+    y = gpu.conv2d_direct_fwd(x, f32(4, 3, 3, 3), f32(4), 1, 1)  # 27 taps, without columns
+    gpu.conv2d_direct_bwd(y, x, 3, 1, 1)
     arg = np.zeros((2, 3, 3, 3), np.int32)
     for k, s, p in ((2, 2, 0), (3, 2, 1)):  # windows apart (and 2x2), then overlapping
         gpu.maxpool2d_fwd(x, k, s, p)

@@ -3,7 +3,8 @@
 The window kernels share one layout: ``cols`` is (C*k*k, N*OH*OW), rows ordered (c, i, j) for
 channel c and kernel offset (i, j), columns ordered (n, oh, ow). Convolution is then one GEMM
 with the (F, C*k*k) weight matrix; fused.py is that GEMM's epilogue when a ReLU and a 2×2 max
-pool follow (and the backward GEMMs' prologue). Pooling loops over the N*C planes directly.
+pool follow (and the backward GEMMs' prologue); direct.py convolves without columns, for
+layers with few taps. Pooling loops over the N*C planes directly.
 Elementwise kernels and optimizer updates compile the per-element rules of
 gpucnn.backend.formulas, which the CUDA kernels compile too.
 """
@@ -15,6 +16,7 @@ from gpucnn.backend.cpu.batch import (
     record_step,
 )
 from gpucnn.backend.cpu.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
+from gpucnn.backend.cpu.direct import conv2d_direct_bwd, conv2d_direct_fwd
 from gpucnn.backend.cpu.elementwise import (
     dropout_bwd,
     dropout_bwd_state,
@@ -51,10 +53,18 @@ from gpucnn.backend.cpu.window import col2im, im2col
 # on this backend: measured faster, benchmarks/results/fused-cpu.md
 FUSES_CONV_RELU_POOL = True
 
+# The most taps (C*k*k) for which gpucnn.functional.conv2d convolves directly (direct.py)
+# rather than through im2col and a GEMM: 0, never here. The direct loops are the reference
+# for the CUDA kernels; on this CPU they measured slower than im2col + OpenBLAS for the seed
+# model's first layer (benchmarks/results/direct-conv-cpu.md)
+DIRECT_CONV_MAX_TAPS = 0
+
 __all__ = [
     "affine_warp",
     "im2col",
     "col2im",
+    "conv2d_direct_fwd",
+    "conv2d_direct_bwd",
     "maxpool2d_fwd",
     "maxpool2d_bwd",
     "avgpool2d_fwd",

@@ -1,12 +1,13 @@
 """CUDA kernels (Numba) and their launchers, one file per family mirroring gpucnn.backend.cpu:
 the same functions, names and signatures (tests/backend/test_contract.py checks it).
 
-window.py (im2col, col2im), pool.py (max, average and global pooling), fused.py (a conv's
-bias + ReLU + 2×2 max pool after its GEMM, and their backward), elementwise.py (ReLU,
-dropout, softmax cross-entropy), batchnorm.py, optim.py (fused Adam and SGD), warp.py
-(augmentation), gemm.py (tiled and split-K GEMM, for a step captured in a CUDA graph, where
-cuBLAS is refused) and batch.py (batches gathered and augmentation drawn on the device, for
-the same captured step) each hold their ``*_kernel`` functions and the launchers that call them;
+window.py (im2col, col2im), direct.py (convolution without columns, for few taps), pool.py
+(max, average and global pooling), fused.py (a conv's bias + ReLU + 2×2 max pool after its
+GEMM, and their backward), elementwise.py (ReLU, dropout, softmax cross-entropy), batchnorm.py,
+optim.py (fused Adam and SGD), warp.py (augmentation), gemm.py (tiled and split-K GEMM, for a
+step captured in a CUDA graph, where cuBLAS is refused) and batch.py (batches gathered and
+augmentation drawn on the device, for the same captured step) each hold their ``*_kernel``
+functions and the launchers that call them;
 launch.py holds what the launchers share (the one stream, launch shapes, argument checks).
 
 For a step captured in a CUDA graph, whose launch arguments are frozen, the ``*_state``
@@ -16,7 +17,17 @@ optimizers, formulas.DROPOUT_SEED for dropout, formulas.BATCH_STEP for the batch
 step.
 """
 
-from gpucnn.backend.cuda import batch, batchnorm, elementwise, fused, optim, pool, warp, window
+from gpucnn.backend.cuda import (
+    batch,
+    batchnorm,
+    direct,
+    elementwise,
+    fused,
+    optim,
+    pool,
+    warp,
+    window,
+)
 from gpucnn.backend.cuda import gemm as gemm_module  # the name gemm is its launcher, below
 from gpucnn.backend.cuda.batch import (
     affine_params,
@@ -25,6 +36,7 @@ from gpucnn.backend.cuda.batch import (
     record_step,
 )
 from gpucnn.backend.cuda.batchnorm import batchnorm2d_bwd, batchnorm2d_fwd
+from gpucnn.backend.cuda.direct import conv2d_direct_bwd, conv2d_direct_fwd
 from gpucnn.backend.cuda.elementwise import (
     dropout_bwd,
     dropout_bwd_state,
@@ -59,17 +71,35 @@ from gpucnn.backend.cuda.window import col2im, im2col
 
 # the modules whose *_kernel functions are this backend's device code (tests and
 # benchmarks/gpu_check.py wrap them to record or count launches)
-KERNEL_MODULES = (window, pool, elementwise, batchnorm, optim, warp, gemm_module, batch, fused)
+KERNEL_MODULES = (
+    window,
+    direct,
+    pool,
+    elementwise,
+    batchnorm,
+    optim,
+    warp,
+    gemm_module,
+    batch,
+    fused,
+)
 
 # Whether nn.Sequential runs Conv2d -> ReLU -> MaxPool2d(2) as one conv2d_relu_maxpool step
 # (fused.py) on this backend: not until timed faster on a GPU (benchmarks/results/fused-cpu.md
 # says what to measure); the kernels are tested in the simulator and compiled to PTX meanwhile
 FUSES_CONV_RELU_POOL = False
 
+# The most taps (C*k*k) for which gpucnn.functional.conv2d convolves directly (direct.py)
+# rather than through im2col and a GEMM: 0, off, until timed faster on a GPU (gpu_check's
+# kernel part times both on the seed model's first layer); simulator- and PTX-tested meanwhile
+DIRECT_CONV_MAX_TAPS = 0
+
 __all__ = [
     "affine_warp",
     "im2col",
     "col2im",
+    "conv2d_direct_fwd",
+    "conv2d_direct_bwd",
     "maxpool2d_fwd",
     "maxpool2d_bwd",
     "avgpool2d_fwd",

@@ -21,19 +21,16 @@ No float literal in a kernel: zero arrives as an argument of the data's dtype.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 
 from gpucnn.backend import formulas
-from gpucnn.backend.cuda.launch import THREADS, array_module, check, config, stream
+from gpucnn.backend.cuda.launch import THREADS, array_module, check, config, filter_grid, stream
 from gpucnn.backend.numba_cuda import cuda
 
 _relu = cuda.jit(device=True)(formulas.relu_element)
 _relu_grad = cuda.jit(device=True)(formulas.relu_grad_element)
-
-MAX_BLOCKS_PER_GRID = 1024  # blocks of the backward grid, over all filters (at least one each)
 
 
 @cuda.jit(cache=True)
@@ -121,12 +118,6 @@ def bias_grad_reduce_kernel(partials, zero, db):  # pragma: no cover - device co
         db[f] = acc
 
 
-@functools.lru_cache(maxsize=256)
-def _filter_grid(nf: int, tiles: int) -> tuple[int, int]:
-    """(blocks along a filter's tiles, filters) for conv_relu_pool_bwd_kernel."""
-    return max(1, min(-(-tiles // THREADS), MAX_BLOCKS_PER_GRID // nf)), nf
-
-
 def conv_relu_pool2x2_fwd(yt: Any, b: Any) -> tuple[Any, Any]:
     """relu(maxpool2x2(yt + b)), transposed to (N, F, ...), and the argmax, in one launch.
 
@@ -173,7 +164,7 @@ def conv_relu_pool2x2_bwd(dy: Any, arg: Any, y: Any, out_hw: tuple) -> tuple[Any
         )
     zero = dy.dtype.type(0)
     dy2 = xp.empty((nf, nn, oh, ow), dtype=dy.dtype)
-    grid = _filter_grid(nf, nn * ((oh + 1) // 2) * ((ow + 1) // 2))
+    grid = filter_grid(nf, nn * ((oh + 1) // 2) * ((ow + 1) // 2))
     partials = xp.empty((nf, grid[0]), dtype=dy.dtype)
     conv_relu_pool_bwd_kernel[grid, THREADS, stream()](dy, arg, y, zero, dy2, partials)
     db = xp.empty(nf, dtype=dy.dtype)

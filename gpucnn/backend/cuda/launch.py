@@ -33,6 +33,7 @@ from gpucnn.backend.numba_cuda import cuda
 
 THREADS = 256
 MAX_BLOCKS = 8192
+FILTER_GRID_BLOCKS = 1024  # blocks of a per-filter reduction grid, over all filters
 
 __all__ = [
     "MAX_BLOCKS",
@@ -44,6 +45,7 @@ __all__ = [
     "check",
     "config",
     "current_stream",
+    "filter_grid",
     "flat",
     "out_size",
     "stream",
@@ -120,6 +122,15 @@ def blocks(n: int) -> int:
 def config(n: int) -> tuple[int, int, Any]:
     """(blocks, THREADS, stream) for one thread per element of ``n``: ``kernel[config(n)]``."""
     return blocks(n), THREADS, _launch_stream
+
+
+@functools.lru_cache(maxsize=256)
+def filter_grid(nf: int, items: int, threads: int = THREADS) -> tuple[int, int]:
+    """(blocks along x, nf) for a kernel whose blockIdx.y is a filter and whose blocks of
+    ``threads`` along x split that filter's ``items`` (each block then writes one partial sum
+    per filter): about FILTER_GRID_BLOCKS blocks in all, at least one per filter, no more than
+    the items fill."""
+    return max(1, min(-(-items // threads), FILTER_GRID_BLOCKS // nf)), nf
 
 
 def check(name: str, a: Any, ndim: int, contiguous: bool = True) -> None:

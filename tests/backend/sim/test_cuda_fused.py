@@ -10,7 +10,7 @@ import pytest
 
 from gpucnn.backend import cpu
 from gpucnn.backend import cuda as gpu
-from gpucnn.backend.cuda import fused as cuda_fused
+from gpucnn.backend.cuda import launch
 
 # (F, N, OH, OW) of the GEMM output
 SHAPES = [(3, 2, 6, 8), (2, 1, 5, 7), (4, 2, 7, 6), (1, 1, 2, 2)]  # and (2, 3, 23, 25) below
@@ -59,12 +59,12 @@ def test_no_bias_and_nan(dev):
 
 def test_db_is_the_same_bits_each_run_with_several_blocks_per_filter(dev, monkeypatch):
     put, get = dev
-    monkeypatch.setattr(cuda_fused, "MAX_BLOCKS_PER_GRID", 8)
-    cuda_fused._filter_grid.cache_clear()
+    monkeypatch.setattr(launch, "FILTER_GRID_BLOCKS", 8)
+    launch.filter_grid.cache_clear()
     try:
         yt, b = _inputs((2, 3, 23, 25), np.float32)
         y, arg = gpu.conv_relu_pool2x2_fwd(put(yt), put(b))
-        assert cuda_fused._filter_grid(2, 3 * 12 * 13) == (2, 2)  # two blocks per filter
+        assert launch.filter_grid(2, 3 * 12 * 13) == (2, 2)  # two blocks per filter
         dy = put(np.random.default_rng(2).standard_normal(y.shape).astype(np.float32))
         first = get(gpu.conv_relu_pool2x2_bwd(dy, arg, y, (23, 25))[1])
         again = get(gpu.conv_relu_pool2x2_bwd(dy, arg, y, (23, 25))[1])
@@ -72,7 +72,7 @@ def test_db_is_the_same_bits_each_run_with_several_blocks_per_filter(dev, monkey
         ref = cpu.conv_relu_pool2x2_bwd(get(dy), get(arg), get(y), (23, 25))[1]
         np.testing.assert_allclose(first, ref, rtol=1e-5, atol=1e-5)
     finally:
-        cuda_fused._filter_grid.cache_clear()
+        launch.filter_grid.cache_clear()
 
 
 def test_backward_checks_its_arguments(dev):

@@ -181,32 +181,40 @@ def test_the_step_harness_times_every_variant_or_says_why_not():
     assert results["gpu_us_b64"] is None  # no batch 64 here
 
 
-def test_the_fused_part_sets_fusion_only_while_it_runs_and_compares_with_the_step_part(
+def test_the_fused_part_sets_each_setting_only_while_it_runs_and_compares_with_the_step_part(
     monkeypatch,
 ):
     seen = []
 
     def fake_step_time(variant, batch, sizes):
-        seen.append((variant, gpu.FUSES_CONV_RELU_POOL))
-        wall = 2.0 if gpu.FUSES_CONV_RELU_POOL else 3.0
+        seen.append((variant, gpu.FUSES_CONV_RELU_POOL, gpu.DIRECT_CONV_MAX_TAPS))
+        wall = 2.0 if gpu.FUSES_CONV_RELU_POOL else (1.5 if gpu.DIRECT_CONV_MAX_TAPS else 3.0)
         return gpu_check.StepTime(wall_ms=wall, gpu_us=100.0, kernels=10.0)
 
     from benchmarks.gpu_parts import steps
 
     monkeypatch.setattr(steps, "step_time", fake_step_time)
-    monkeypatch.setattr(gpu, "FUSES_CONV_RELU_POOL", True)  # whatever the default becomes
+    monkeypatch.setattr(gpu, "FUSES_CONV_RELU_POOL", True)  # whatever the defaults become
+    monkeypatch.setattr(gpu, "DIRECT_CONV_MAX_TAPS", 27)
     lines: list[str] = []
     results: dict = {}
     sizes = gpu_check.StepSizes(batches=(64,))
     gpu_check.step_timings(lines, results, sizes)
     gpu_check.step_timings(lines, results, sizes, fused=True)
-    assert seen == [(v, False) for v in gpu_check.STEP_VARIANTS] + [
-        ("gpucnn eager", True),
-        ("gpucnn graph", True),
+    assert seen == [(v, False, 0) for v in gpu_check.STEP_VARIANTS] + [
+        ("gpucnn eager", True, 0),
+        ("gpucnn graph", True, 0),
+        ("gpucnn eager", False, 9),
+        ("gpucnn graph", False, 9),
     ]
-    assert gpu.FUSES_CONV_RELU_POOL is True  # put back
-    fused = [cells(line) for line in lines if line.startswith("| gpucnn graph fused")]
-    assert fused == [["gpucnn graph fused", "64", "2.000", "100", "10.0", "1.50", ""]]
+    assert (gpu.FUSES_CONV_RELU_POOL, gpu.DIRECT_CONV_MAX_TAPS) == (True, 27)  # put back
+    rows = [
+        cells(line) for line in lines if line.startswith(("| gpucnn graph f", "| gpucnn graph d"))
+    ]
+    assert rows == [
+        ["gpucnn graph fused", "64", "2.000", "100", "10.0", "1.50", ""],
+        ["gpucnn graph direct conv1", "64", "1.500", "100", "10.0", "2.00", ""],
+    ]
     assert results["gpu_us_b64"] == 100.0 and results["torch_gpu_us_b64"] == 100.0
 
 
@@ -333,13 +341,14 @@ def test_the_kernel_table_times_every_op_of_the_step_against_its_reference():
     assert rows[:2] == kernel_bench.CUDA_HEADER
     body = [cells(r) for r in rows[2:] if not r.startswith("| (")]
     names = [c[0] for c in body]
-    for what in ("conv1 1→2", "conv2 2→2", "bwd (dx, dw, db)", "bwd (dw, db; no dx)",
+    for what in ("conv1 1→2", "conv1 1→2 3x3 p1 (4x4) direct fwd", "conv2 2→2",
+                 "bwd (dx, dw, db)", "bwd (dw, db; no dx)",
                  "maxpool 2x2/2 (2x4x4) fwd", "maxpool 3x3/2 pad 1", "ReLU", "softmax",
                  "BatchNorm2d train", "block 1:", "block 2:", "fused", "unfused"):  # fmt: skip
         assert any(what in n for n in names), what
     gemms = [c for c in body if c[-1] == "cuBLAS (CuPy)"]
     assert len(gemms) == 11  # every GEMM of the seed step
-    assert len(body) == 2 * 2 + 3 * 2 + 2 + 1 + 2 + 8 + 11
+    assert len(body) == 3 * 2 + 3 * 2 + 2 + 1 + 2 + 8 + 11
     for c in body:  # batch, ratio (n/a where a reference took no time), event us
         assert c[1] == "2" and re.fullmatch(NUMBER + "|n/a", c[4]), c
         assert re.fullmatch(NUMBER, c[6]) and re.fullmatch(NUMBER, c[7]), c

@@ -418,9 +418,12 @@ def test_insisting_on_graphs_names_why_they_cannot_run():
         trainer.fit(augmenting, epochs=1)
 
 
-def test_augmented_graph_epochs_equal_the_uncaptured_step():
-    """Flip and affine parameters drawn on the device inside the graph: the captured epochs
-    equal the same work run uncaptured, and each step draws new parameters."""
+def test_augmented_graph_epochs_with_a_direct_first_conv_equal_the_uncaptured_step(monkeypatch):
+    """Flip and affine parameters drawn on the device inside the graph, and the first conv
+    convolved directly (no columns; its own reduction for dw): the captured epochs equal the
+    same work run uncaptured. (One test for both: each graph test costs a minute in the
+    simulator.)"""
+    monkeypatch.setattr(gpu, "DIRECT_CONV_MAX_TAPS", 9)
     recipe = data.parse_recipe("rotate=10,shift=0.1,scale=0.9:1.1,flip")
     results = {}
     for capture in (True, False):
@@ -432,6 +435,7 @@ def test_augmented_graph_epochs_equal_the_uncaptured_step():
         _fit(trainer, loader, runner, 2)
         runner.close()
         assert runner.fallback is None
+        assert trainer.model[0]._cache[1] is True  # the first conv went direct
         results[capture] = _state(trainer)
     _assert_close(results[True], results[False])
 
