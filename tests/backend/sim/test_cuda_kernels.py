@@ -18,6 +18,7 @@ CASES = [
     (1, 1, 6, 5, 3, 3, 1),
     (2, 1, 7, 7, 1, 2, 0),
     (1, 2, 8, 9, 4, 2, 2),
+    (1, 1, 4, 5, 2, 3, 3),  # padding wider than the window: whole rows of padding
 ]
 DTYPES = [np.float32, np.float64]
 
