@@ -21,6 +21,29 @@ SOURCE_MIRROR = os.environ.pop("GPUCNN_DATA_MIRROR", None) or None
 SOURCE_DATA_DIR = os.environ.pop("GPUCNN_DATA_DIR", None) or None
 
 
+SIMULATOR_TEST = "test_cuda_kernels_agree_with_the_cpu_in_the_simulator"
+_simulator = None  # the module of that test, once collected
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The simulator's run of tests/backend/sim (test_cuda_simulator.py says why) goes last, and
+    starts now, in the background, when it is selected and the suite will run."""
+    global _simulator
+    chosen = [item for item in items if item.name == SIMULATOR_TEST]
+    if not chosen:
+        return
+    items.remove(chosen[0])
+    items.append(chosen[0])
+    if not config.option.collectonly:
+        _simulator = chosen[0].module
+        _simulator.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _simulator is not None:
+        _simulator.stop()
+
+
 def _real_mnist(cache) -> dict:
     """The verified decompressed MNIST files, by key (downloaded into ``cache`` from the
     source mirror, or found in the source data cache)."""
