@@ -33,6 +33,11 @@ class Callback:
     callbacks (checkpointing runs last, so it saves everyone's updated state)."""
 
     order = 0
+    # Whether on_batch_end may run between the launches of a fit's captured CUDA graphs
+    # (gpucnn.train.graph): only where all it changes is what the captured step reads from
+    # device state (the optimizer's lr), never a value frozen into the graph, and it reads
+    # nothing from the device
+    between_graphs = False
 
     @property
     def key(self) -> str:
@@ -334,6 +339,11 @@ class OneCycleScheduler(Callback):
     value at the epoch's first batch. Its position is saved in checkpoints; a resumed run
     continues the schedule exactly, and the lr of its next batch is the one saved.
 
+    In a fit run as CUDA graphs the schedule still steps on the host after every batch: setting
+    ``optimizer.lr`` in device-state mode is an asynchronous write of the step state on the
+    stream, between one batch's graph launch and the next (``between_graphs``), so the next
+    replay's update reads the new lr. No recapture, no sync.
+
     Args:
         max_lr: the peak learning rate.
         epochs: the epochs the cycle spans (the run's ``epochs``).
@@ -342,6 +352,8 @@ class OneCycleScheduler(Callback):
         pct_start, anneal_strategy, div_factor, final_div_factor, three_phase: as
             :class:`gpucnn.optim.OneCycleLR`.
     """
+
+    between_graphs = True  # on_batch_end sets optimizer.lr, nothing else (see above)
 
     def __init__(
         self,

@@ -131,8 +131,11 @@ def unsupported(trainer: Any, loader: Any) -> str | None:
     if type(trainer.optimizer) not in (Adam, SGD):
         return f"{type(trainer.optimizer).__name__} has no device-state step (Adam and SGD do)"
     for cb in getattr(trainer, "callbacks", ()):
-        if type(cb).on_batch_end is not Callback.on_batch_end:
-            return f"the callback {type(cb).__name__} acts after every batch, on the host"
+        if type(cb).on_batch_end is not Callback.on_batch_end and not cb.between_graphs:
+            return (
+                f"the callback {type(cb).__name__} acts after every batch, on the host (a "
+                "callback that only sets optimizer.lr can say between_graphs = True)"
+            )
     if type(trainer.criterion) is not CrossEntropyLoss:
         return f"the loss {type(trainer.criterion).__name__} is not CrossEntropyLoss"
     model = trainer.model

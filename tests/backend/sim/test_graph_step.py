@@ -22,6 +22,7 @@ from gpucnn.backend import cuda as gpu
 from gpucnn.backend import formulas, get_backend, to_host
 from gpucnn.train import Trainer, TrainingError
 from gpucnn.train import graph as graph_mod
+from gpucnn.train.callbacks import Callback, OneCycleScheduler
 from gpucnn.train.graph import GraphDropout, GraphTraining, unsupported
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
@@ -369,6 +370,15 @@ def test_unmet_requirements_are_named():
     with pytest.raises(TrainingError, match="has no device-drawn form"):
         GraphTraining(trainer, augmenting)
 
+    class EveryBatch(Callback):
+        def on_batch_end(self, trainer, step):
+            pass
+
+    per_batch = _trainer(_model(), callbacks=[EveryBatch()])
+    assert "callback EveryBatch acts after every batch" in unsupported(per_batch, loader)
+    one_cycle = _trainer(_model(), callbacks=[OneCycleScheduler(0.1, total_steps=6)])
+    assert unsupported(one_cycle, loader) is None  # it only sets optimizer.lr, between graphs
+
 
 def test_graph_dropout_keys_its_masks_on_the_device_and_shares_the_generator():
     backend = get_backend("cuda")
@@ -388,7 +398,8 @@ def test_graph_dropout_keys_its_masks_on_the_device_and_shares_the_generator():
 
 def test_the_trainer_runs_its_steps_as_graphs_by_default_on_cuda(monkeypatch, caplog):
     """Trainer(device="cuda") with the default cuda_graph="auto" trains through the graph
-    runner (its graphs are launched), and ends where a fit through the runner by hand ends."""
+    runner (its graphs are launched), a one-cycle schedule setting the lr of every batch
+    between the launches, and ends where the eager Trainer ends with the same schedule."""
     launched = []
     real_capture = graph_mod.GraphTraining
 
@@ -399,14 +410,19 @@ def test_the_trainer_runs_its_steps_as_graphs_by_default_on_cuda(monkeypatch, ca
             return logs
 
     monkeypatch.setattr(graph_mod, "GraphTraining", Counting)
-    trainer = _trainer(_model(dropout=False, conv_bias=False))
+
+    def cycle():  # 3 batches per epoch (5 images in batches of 2), 2 epochs
+        return [OneCycleScheduler(5e-2, epochs=2, steps_per_epoch=3)]
+
+    trainer = _trainer(_model(dropout=False, conv_bias=False), callbacks=cycle())
     with caplog.at_level("INFO", logger="gpucnn.train"):
         trainer.fit(_loader(), epochs=2)
     assert launched == [None, None]  # both epochs ran as graphs, no fallback
     assert "training eagerly" not in caplog.text
     assert trainer._graph is None  # closed at the end of the fit
-    eager = _trainer(_model(dropout=False, conv_bias=False), cuda_graph=False)
+    eager = _trainer(_model(dropout=False, conv_bias=False), cuda_graph=False, callbacks=cycle())
     eager.fit(_loader(), epochs=2)
+    assert trainer.history["lr"] == eager.history["lr"] == pytest.approx([2e-3, 0.0231318551])
     _assert_close(_state(trainer), _state(eager), rtol=2e-5, atol=1e-6)
 
 
