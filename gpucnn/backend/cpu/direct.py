@@ -17,8 +17,11 @@ batch 512 that is 3.6 M values written and read twice (forward GEMM, weight GEMM
 multiply-adds per output. Here each tap is one pass along an output row: for output row oh
 and tap (c, i, j), the outputs ow whose input column ow*S + j - P lies inside the image are
 a contiguous range [ow0, ow1) (the rest read padding, which is zero), so the inner loop is a
-plain strided axpy (forward) or dot product (backward) with no bounds test, and LLVM
-vectorises it. Serial loops, like the pooling kernels (pool.py says why).
+plain axpy (forward) or dot product (backward) with no bounds test. Serial loops, like the
+pooling kernels (pool.py says why). They are the reference the CUDA kernels are tested
+against, not this backend's convolution: along rows of 28 they measured 2.8-4.8x slower than
+im2col + OpenBLAS for the seed model's first layer (benchmarks/results/direct-conv-cpu.md), so
+DIRECT_CONV_MAX_TAPS is 0 here.
 
 Sums run in another order than the GEMM's, so results agree with the im2col path to
 rounding, not bit for bit.
@@ -64,7 +67,7 @@ def _direct_fwd(x, w, b, stride, pad, y):  # pragma: no cover - compiled
                             wv = w[f, c, i, j]
                             ow0, ow1 = _inside(j, pad, stride, wd, ow)
                             off = j - pad
-                            if stride == 1:  # unit stride: a contiguous axpy LLVM vectorises
+                            if stride == 1:  # unit stride: contiguous slices
                                 d = dst[ow0:ow1]
                                 v = src[ow0 + off : ow1 + off]
                                 for q in range(ow1 - ow0):

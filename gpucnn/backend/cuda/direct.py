@@ -3,8 +3,9 @@ layer, one input channel and a 3×3 filter, has 9): no im2col columns, no GEMM (
 and the formulas, are in gpucnn.backend.cpu.direct).
 
 Forward, direct_fwd_kernel: one thread per output position (n, oh, ow), numbered so a warp
-holds adjacent ow of one image. It reads its C*k*k input taps once into registers (a local
-array; taps in the padding are left out, as the CPU skips them) and then, for each filter f,
+holds adjacent ow of one image. It reads its C*k*k input taps once into a per-thread local
+array (registers or L1-backed local memory, as the compiler places it; taps in the padding
+are left out, as the CPU skips them) and then, for each filter f,
 adds b[f] and the taps times w[f] (the same address in every thread of a warp: a broadcast)
 and stores y[n, f, oh, ow], coalesced. The input is read once and the output written once:
 the columns' 9 copies of the image, their GEMM and the (F, N, ...) -> (N, F, ...) transpose
@@ -12,7 +13,7 @@ are gone.
 
 Backward, direct_bwd_kernel on a 2-D grid (as fused.py's backward): blockIdx.y is the filter
 f; the blocks along x split its N*OH*OW positions. Each thread adds dy and dy times each tap
-into C*k*k + 1 registers, the block (BWD_THREADS threads) adds its threads' sums in shared
+into C*k*k + 1 local sums, the block (BWD_THREADS threads) adds its threads' sums in shared
 memory (one fixed tree for all the taps), and writes one partial per (block, f, tap);
 gemm_reduce_kernel adds the blocks' partials in order. No atomics: dw and db are the same bits
 from run to run.
@@ -37,7 +38,7 @@ from gpucnn.backend.cuda.launch import (
 )
 from gpucnn.backend.numba_cuda import cuda
 
-MAX_TAPS = 32  # C*k*k a thread keeps in registers (the local arrays' fixed size)
+MAX_TAPS = 32  # C*k*k a thread keeps in its local arrays (their fixed size)
 SUMS = MAX_TAPS + 1  # a backward thread's sums: the taps', then the bias's
 BWD_THREADS = 64  # threads of a backward block: its shared sums, (33, 64) float64, fit in 17 KB
 
@@ -117,7 +118,7 @@ def _check_taps(name: str, c: int, k: int) -> None:
     if c * k * k > MAX_TAPS:
         raise ValueError(
             f"{name}: C*k*k = {c}*{k}*{k} = {c * k * k} taps, more than the {MAX_TAPS} a "
-            "thread keeps in registers; convolve through im2col instead"
+            "thread keeps in its local arrays; convolve through im2col instead"
         )
 
 
