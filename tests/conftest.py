@@ -25,6 +25,7 @@ SIMULATOR_TEST = "test_cuda_kernels_agree_with_the_cpu_in_the_simulator"
 _simulator = None  # the module of that test, once collected
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they will
 def pytest_collection_modifyitems(session, config, items):
     """The simulator's run of tests/backend/sim (test_cuda_simulator.py says why) goes last, and
     starts now, in the background, when it is selected and the suite will run."""

@@ -5,14 +5,13 @@ The simulator runs every GPU thread as a Python thread, so this folder is the su
 part (about 7 minutes on 2 cores). tests/conftest.py starts it in the background as soon as
 the suite is collected (at a lower CPU priority, so the timed tests beside it keep their
 core) and runs this test last, where it waits for the result: the two halves of the suite
-overlap instead of adding up. Run on its own, the test starts the subprocess itself.
+overlap instead of adding up. Run on its own, the test starts the subprocess itself. It is
+marked slow: ``pytest -m "not slow"`` leaves it out, CI runs it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,12 +29,19 @@ _log = None
 _started = 0.0
 
 
-def _nice_and_bound_to_parent() -> None:  # runs in the child, before exec
-    os.nice(10)
-    try:  # Linux: die with the test process, however that ends
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+# The child lowers its own priority and asks to die with this process (Linux prctl
+# PR_SET_PDEATHSIG) before it runs pytest: done in the child itself, not in a preexec_fn,
+# which is unsafe in a process that may have threads by now.
+CHILD = """
+import ctypes, os, signal, sys
+os.nice(10)
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+import pytest
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/backend/sim"]))
+"""
 
 
 def start() -> None:
@@ -45,13 +51,12 @@ def start() -> None:
         return
     _log, _started = tempfile.TemporaryFile(mode="w+"), time.monotonic()
     _run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/backend/sim"],
+        [sys.executable, "-c", CHILD],
         cwd=ROOT,
         env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)},
         stdout=_log,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_nice_and_bound_to_parent,
     )
 
 
@@ -62,6 +67,7 @@ def stop() -> None:
         _run.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(IN_SIMULATOR, reason="in the simulator: tests/backend/sim runs directly")
 def test_cuda_kernels_agree_with_the_cpu_in_the_simulator():
     start()
