@@ -88,7 +88,8 @@ def test_agreement_part_passes_and_reports_every_check():
     lines: list[str] = []
     assert gpu_check.check_agreement(lines, TINY) is True
     table = "\n".join(lines)
-    for name in ("im2col", "col2im", "maxpool bwd", "relu", "dropout", "softmax cross-entropy",
+    for name in ("im2col", "col2im", "maxpool bwd", "direct conv fwd", "direct conv dw",
+                 "direct conv db", "relu", "dropout", "softmax cross-entropy",
                  "batchnorm bwd", "adam amsgrad", "model loss", "grad 4.weight"):  # fmt: skip
         assert name in table
     assert "False" not in table
