@@ -5,9 +5,11 @@ Each kernel holds index math only, in a grid-stride loop. im2col runs one thread
 (channel, column): it splits its flat index once and writes the k*k values of its window
 down the column's rows; a warp holds adjacent columns, so every read of x and every write of
 cols is coalesced (adjacent ow). The first version ran one thread per element of cols and
-split the index into (c, i, j, n, oh, ow) for each, seven 64-bit divisions and remainders
-per value copied; the H200 measured 600 us for the seed step's two im2cols at batch 512,
-where the 130 MB they move take ~30 us at the card's bandwidth, which points at the integer
+split the index into (row, col) and then (c, i, j, n, oh, ow) for each: its PTX (sm_90) has
+nine 64-bit divisions and remainders in the loop for each value it stores, against three
+here for the k*k values of a thread, and each 64-bit division is a long instruction
+sequence on the GPU. The H200 measured 600 us for the seed step's two im2cols at batch 512,
+where the 130 MB they move take ~30 us at the card's bandwidth, which points at that integer
 arithmetic rather than the memory. col2im gathers (each input pixel sums the windows that saw it)
 instead of scattering with atomics, so results are deterministic; its windows' offsets skip
 the remainders at stride 1 and stop at the first tap row or column above the image. (Timed
