@@ -77,6 +77,28 @@ def relu_element(x, zero):
     return zero if x <= zero else x
 
 
+def max4_element(a, b, c, d):
+    """The winner of a 2×2 window (a, b in the top row, c, d below) and its index i*2 + j.
+
+    The first of equal maxima wins, and a NaN wins (the first NaN, its value the NaN): a NaN in
+    the input stays visible downstream. Selects, not branches: on random activations "is b
+    bigger than a" is a coin flip a branch predictor loses (see cpu/pool.py); NaNs take a rare
+    branch. Returns (best, won)."""
+    t = b > a
+    best = b if t else a
+    won = 1 if t else 0
+    t = c > best
+    best = c if t else best
+    won = 2 if t else won
+    t = d > best
+    best = d if t else best
+    won = 3 if t else won
+    if a != a or b != b or c != c or d != d:
+        won = 0 if a != a else (1 if b != b else (2 if c != c else 3))
+        best = a + b + c + d
+    return best, won
+
+
 def relu_grad_element(dy, y, zero):
     """dL/dx given y = relu(x): dy where y > 0, else 0 (the subgradient at 0 is 0, as PyTorch)."""
     return dy if y > zero else zero

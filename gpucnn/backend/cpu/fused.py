@@ -30,6 +30,7 @@ import numpy as np
 
 from gpucnn.backend import formulas
 
+_max4 = numba.njit(inline="always", error_model="numpy")(formulas.max4_element)
 _relu = numba.njit(inline="always", error_model="numpy")(formulas.relu_element)
 _relu_grad = numba.njit(inline="always", error_model="numpy")(formulas.relu_grad_element)
 
@@ -53,18 +54,7 @@ def _conv_relu_pool_fwd(yt, b, y, arg):  # pragma: no cover - compiled
                     bb = r0[2 * px + 1] + bf
                     c = r1[2 * px] + bf
                     d = r1[2 * px + 1] + bf
-                    t = bb > a  # selects, not branches (see pool.py)
-                    best = bb if t else a
-                    won = 1 if t else 0
-                    t = c > best
-                    best = c if t else best
-                    won = 2 if t else won
-                    t = d > best
-                    best = d if t else best
-                    won = 3 if t else won
-                    if a != a or bb != bb or c != c or d != d:  # the first NaN wins
-                        won = 0 if a != a else (1 if bb != bb else (2 if c != c else 3))
-                        best = a + bb + c + d
+                    best, won = _max4(a, bb, c, d)
                     dst[py, px] = _relu(best, zero)
                     won_at[py, px] = won
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from gpucnn.backend import formulas
 from gpucnn.backend.cpu.window import _out
+
+_max4 = numba.njit(inline="always", error_model="numpy")(formulas.max4_element)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -60,18 +63,7 @@ def _maxpool2x2_fwd(x, y, arg):  # pragma: no cover - compiled
                 b = x[p, 2 * oy, 2 * ox + 1]
                 c = x[p, 2 * oy + 1, 2 * ox]
                 d = x[p, 2 * oy + 1, 2 * ox + 1]
-                t = b > a
-                best = b if t else a
-                won = 1 if t else 0
-                t = c > best
-                best = c if t else best
-                won = 2 if t else won
-                t = d > best
-                best = d if t else best
-                won = 3 if t else won
-                if a != a or b != b or c != c or d != d:  # the first NaN wins
-                    won = 0 if a != a else (1 if b != b else (2 if c != c else 3))
-                    best = a + b + c + d
+                best, won = _max4(a, b, c, d)
                 y[p, oy, ox] = best
                 arg[p, oy, ox] = won
 

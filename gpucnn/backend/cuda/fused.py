@@ -29,6 +29,7 @@ from gpucnn.backend import formulas
 from gpucnn.backend.cuda.launch import THREADS, array_module, check, config, filter_grid, stream
 from gpucnn.backend.numba_cuda import cuda
 
+_max4 = cuda.jit(device=True)(formulas.max4_element)
 _relu = cuda.jit(device=True)(formulas.relu_element)
 _relu_grad = cuda.jit(device=True)(formulas.relu_grad_element)
 
@@ -50,18 +51,7 @@ def conv_relu_pool_fwd_kernel(yt, b, zero, y, arg):  # pragma: no cover - device
         bb = yt[f, n, 2 * py, 2 * px + 1] + bf
         c = yt[f, n, 2 * py + 1, 2 * px] + bf
         d = yt[f, n, 2 * py + 1, 2 * px + 1] + bf
-        t = bb > a
-        best = bb if t else a
-        won = 1 if t else 0
-        t = c > best
-        best = c if t else best
-        won = 2 if t else won
-        t = d > best
-        best = d if t else best
-        won = 3 if t else won
-        if a != a or bb != bb or c != c or d != d:  # the first NaN wins (as the CPU kernel)
-            won = 0 if a != a else (1 if bb != bb else (2 if c != c else 3))
-            best = a + bb + c + d
+        best, won = _max4(a, bb, c, d)
         y[n, f, py, px] = _relu(best, zero)
         arg[n, f, py, px] = won
 

@@ -31,8 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend import formulas
 from gpucnn.backend.cuda.launch import array_module, check, config, flat, out_size
 from gpucnn.backend.numba_cuda import cuda
+
+_max4 = cuda.jit(device=True)(formulas.max4_element)
 
 
 @cuda.jit(device=True, inline=True)
@@ -85,18 +88,7 @@ def maxpool2x2_fwd_kernel(x, y, arg):  # pragma: no cover - device code
         b = x[p, 2 * oy, 2 * ox + 1]
         c = x[p, 2 * oy + 1, 2 * ox]
         d = x[p, 2 * oy + 1, 2 * ox + 1]
-        t = b > a
-        best = b if t else a
-        won = 1 if t else 0
-        t = c > best
-        best = c if t else best
-        won = 2 if t else won
-        t = d > best
-        best = d if t else best
-        won = 3 if t else won
-        if a != a or b != b or c != c or d != d:  # the first NaN wins (as the CPU kernel)
-            won = 0 if a != a else (1 if b != b else (2 if c != c else 3))
-            best = a + b + c + d
+        best, won = _max4(a, b, c, d)
         y[p, oy, ox] = best
         arg[p, oy, ox] = won
 
