@@ -149,7 +149,25 @@ class EarlyStopping(Callback):
         self.best_weights = weights or None
 
 
-class PlateauScheduler(Callback):
+class _ScheduleCallback(Callback):
+    """A callback that drives an lr schedule (``self.scheduler``, built when training begins):
+    its state is the schedule's; state loaded before then waits in ``self._pending``."""
+
+    scheduler: Any = None
+    _pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict() if self.scheduler is not None else (self._pending or {})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = {k: (v.item() if hasattr(v, "item") else v) for k, v in state.items()}
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+        else:
+            self._pending = state
+
+
+class PlateauScheduler(_ScheduleCallback):
     """ReduceLROnPlateau as a callback, stepped with ``monitor`` after each epoch.
 
     Defaults are the article's: patience 3, factor 0.5, min_lr 1e-6.
@@ -193,16 +211,6 @@ class PlateauScheduler(Callback):
             trainer.log(
                 f"{self.monitor} plateaued: learning rate {old:.3g} -> {trainer.optimizer.lr:.3g}"
             )
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict() if self.scheduler is not None else (self._pending or {})
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = {k: (v.item() if hasattr(v, "item") else v) for k, v in state.items()}
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state)
-        else:
-            self._pending = state
 
 
 class ModelCheckpoint(Callback):
@@ -331,7 +339,7 @@ class ModelCheckpoint(Callback):
         self.best_epoch = int(state.get("best_epoch", 0))
 
 
-class OneCycleScheduler(Callback):
+class OneCycleScheduler(_ScheduleCallback):
     """OneCycleLR as a callback, stepped after every batch (``on_batch_end``).
 
     The schedule is built when training begins (setting the optimizer's lr to
@@ -418,13 +426,3 @@ class OneCycleScheduler(Callback):
                 f"after epoch {epoch + 1} it has stepped {self.scheduler.last_epoch} times, not "
                 f"{expected}; pass steps_per_epoch=len(train_loader)"
             )
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict() if self.scheduler is not None else (self._pending or {})
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = {k: (v.item() if hasattr(v, "item") else v) for k, v in state.items()}
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state)
-        else:
-            self._pending = state
