@@ -36,9 +36,13 @@ class DownloadError(DataError):
     """Every mirror failed for a file; ``attempts`` lists (url, why) for each mirror.
 
     ``transient`` is True when every mirror failed only for reasons that may pass (timeouts,
-    stalls, a transfer below the rate floor, the download deadline, connection errors, 5xx,
-    429): retrying later can help. A checksum, format, 403 or 404 failure on any mirror makes it
-    False.
+    stalls, a transfer below the rate floor, the download deadline, connection resets, 5xx,
+    429): retrying later can help. A checksum, format, 403 or 404 failure, or a mirror that
+    could not be reached, on any mirror makes it False.
+
+    ``unreachable`` is True when no mirror could be reached at all (names that do not resolve,
+    connections refused, no route): the machine is most likely offline, and the first line of
+    the message says so.
     """
 
     def __init__(
@@ -47,20 +51,25 @@ class DownloadError(DataError):
         attempts: list[tuple[str, str]],
         transient: bool = False,
         dataset: str | None = None,
+        unreachable: bool = False,
     ) -> None:
         self.filename = filename
         self.attempts = list(attempts)
         self.transient = transient
         self.dataset = dataset
-        lines = [f"  - {url}: {why}" for url, why in self.attempts]
-        super().__init__(
-            "\n".join(
-                [f"could not download {filename} from any mirror:", *lines, *mirror_advice(dataset)]
-            )
+        self.unreachable = unreachable
+        first = (
+            f"could not download {filename}: no mirror could be reached "
+            "(offline, or a firewall or proxy in the way?):"
+            if unreachable
+            else f"could not download {filename} from any mirror:"
         )
+        lines = [f"  - {url}: {why}" for url, why in self.attempts]
+        super().__init__("\n".join([first, *lines, *mirror_advice(dataset)]))
 
     def __reduce__(self):  # Prefect and multiprocessing pickle errors: rebuild from the fields
-        return type(self), (self.filename, self.attempts, self.transient, self.dataset)
+        fields = (self.filename, self.attempts, self.transient, self.dataset, self.unreachable)
+        return type(self), fields
 
 
 class CacheLockError(DownloadError):
@@ -77,6 +86,7 @@ class CacheLockError(DownloadError):
         self.attempts = []
         self.transient = True
         self.dataset = None
+        self.unreachable = False
         DataError.__init__(
             self,
             f"gave up after {waited:.1f} s waiting for the lock {self.lock_path}, "

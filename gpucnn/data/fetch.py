@@ -5,11 +5,15 @@ Per file: stream into a temporary file in the target folder, decompress, verify 
 (of the decompressed file, or of the official .gz where only that is published), validate the
 IDX header against the registry, fsync, then ``os.replace`` into place and record the digest.
 
-Transient failures — connection errors, stalls, a transfer below the rate floor, HTTP 5xx and
-429, a body cut short — are retried on the same mirror with exponential backoff and jitter.
-Permanent ones — 403, 404, other 4xx, a checksum mismatch, something that is not the expected
-IDX file — move on to the next mirror at once. A mirror that failed is tried after the others for
-the rest of the call. When every mirror fails, one DownloadError lists each and why.
+Transient failures — connection timeouts and resets, stalls, a transfer below the rate floor,
+HTTP 5xx and 429, a body cut short — are retried on the same mirror with exponential backoff and
+jitter. Permanent ones — 403, 404, other 4xx, a checksum mismatch, something that is not the
+expected IDX file — move on to the next mirror at once. So does an unreachable mirror: a name
+that does not resolve, a connection refused, no route to the network or host (what a machine
+offline meets): retrying it in a second changes nothing, so offline the call fails in moments,
+with an error (``DownloadError.unreachable``) that flows do not retry either. A mirror that
+failed is tried after the others for the rest of the call. When every mirror fails, one
+DownloadError lists each and why.
 
 Every download ends: an attempt ends when no byte arrives for ``timeout[1]`` seconds (a stall,
 including a server that never answers) or when the body arrives slower than ``min_rate``
@@ -27,6 +31,7 @@ works. A lock file holding its holder's PID serialises processes filling one fol
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
@@ -98,12 +103,15 @@ class _Transient(Exception):
 
 class _Permanent(Exception):
     """Give up on this mirror; ``transient`` when it was retries of passing faults that ran out
-    (or the deadline, then ``deadline`` too)."""
+    (or the deadline, then ``deadline`` too); ``unreachable`` when it could not be reached."""
 
-    def __init__(self, why: str, transient: bool = False, deadline: bool = False) -> None:
+    def __init__(
+        self, why: str, transient: bool = False, deadline: bool = False, unreachable: bool = False
+    ) -> None:
         super().__init__(why)
         self.transient = transient
         self.deadline = deadline
+        self.unreachable = unreachable
 
 
 class _Clock:
@@ -322,6 +330,29 @@ def _is_timeout(exc: BaseException | None) -> bool:
     return False
 
 
+# Connecting failed in a way that trying again at once does not change: nothing listens there
+# (refused), or no route leads there (a machine offline, a network down)
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def _is_unreachable(exc: BaseException | None) -> bool:
+    """Whether a connection failed because the mirror's name does not resolve (socket.gaierror,
+    which urllib3 wraps as NameResolutionError) or nothing can be reached at its address
+    (refused, no route), as opposed to a timeout or a reset, which may pass."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, socket.gaierror):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
+            return True
+        reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError holds the cause here
+        if not isinstance(reason, BaseException):
+            reason = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = reason or exc.__cause__ or exc.__context__
+    return False
+
+
 def _network_error(exc: Exception) -> str:
     """A short reason for a requests failure ("ConnectTimeout", "[Errno 111] Connection
     refused") instead of urllib3's nested pool message."""
@@ -431,6 +462,9 @@ def _fetch_once(
                 raise _Transient("cut short by the deadline", by_deadline=True) from exc
             if _is_timeout(exc):
                 raise _Transient(f"stalled: no response within {stall:g} s (ReadTimeout)") from exc
+            if _is_unreachable(exc):
+                why = f"unreachable (not retried): {_network_error(exc)}"
+                raise _Permanent(why, unreachable=True) from exc
             raise _Transient(_network_error(exc)) from exc
         with resp:
             if resp.status_code == 429 or resp.status_code >= 500:
@@ -595,11 +629,12 @@ def download(
                 log.warning("%s: cached file is not valid (%s); fetching it again", final, why)
                 final.unlink()
             attempts: list[tuple[str, str]] = []
-            transient, out_of_time = True, False
+            transient, unreachable, out_of_time = True, True, False
             for base in sorted(urls, key=failures.__getitem__):
                 url = base + f.remote
                 if out_of_time or clock.left() <= 0:
                     attempts.append((url, f"not tried: the {clock} download deadline had passed"))
+                    unreachable = False
                     continue
                 log.info("fetching %s", url)
                 try:
@@ -611,6 +646,7 @@ def download(
                     attempts.append((url, str(exc)))
                     failures[base] += 1
                     transient = transient and exc.transient
+                    unreachable = unreachable and exc.unreachable
                     out_of_time = out_of_time or exc.deadline
                     continue
                 os.replace(tmp, final)
@@ -619,7 +655,7 @@ def download(
                 log.info("%s verified (sha256 %s)", final, digest)
                 break
             else:
-                raise DownloadError(f.name, attempts, transient, spec.name)
+                raise DownloadError(f.name, attempts, transient, spec.name, unreachable)
             _write_records(folder, records)
     return paths
 

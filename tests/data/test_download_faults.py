@@ -219,7 +219,7 @@ def test_the_final_error_names_each_mirror_and_how_to_point_at_another(
     lines = str(err.value).splitlines()
     assert lines[0] == "could not download train-images-idx3-ubyte from any mirror:"
     assert lines[1] == f"  - {server.url}/missing/train-images-idx3-ubyte.gz: HTTP 404 Not Found"
-    assert lines[2].startswith(f"  - {closed}train-images-idx3-ubyte.gz: gave up after 1 attempt;")
+    assert lines[2].startswith(f"  - {closed}train-images-idx3-ubyte.gz: unreachable (not retried)")
     assert "Connection refused" in lines[2]
     advice = "\n".join(lines[3:])
     for needle in ("GPUCNN_DATA_MIRROR=URL", "--mirror URL", "python -m http.server", "--data-dir"):
