@@ -388,7 +388,9 @@ class GraphTraining:
         n_batches = len(self.sizes)
         t.progress.begin(f"epoch {epoch + 1}/{epochs}", n_batches)
         start = time.perf_counter()
+        lrs = np.zeros(n_batches)
         for i in range(n_batches):
+            lrs[i] = t.optimizer.lr  # what this step's update reads (Trainer's step_lr)
             self.steps[0 if i < self.full_batches else 1].run()
             t.global_step += 1
             for cb in batch_callbacks:  # after the update: e.g. the lr of the next batch
@@ -399,6 +401,7 @@ class GraphTraining:
         elapsed = time.perf_counter() - start
         seen = int(self.sizes.sum())
         t.history["step_grad_norm"].extend(float(v) for v in norms)
+        t.history["step_lr"].extend(lrs.tolist())
         return {
             "train_loss": float((losses * self.sizes).sum() / seen),
             "train_accuracy": correct / seen,

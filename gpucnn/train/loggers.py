@@ -35,6 +35,7 @@ TENSORBOARD_TAGS = {
     "val_loss": "val/loss",
     "val_accuracy": "val/accuracy",
     "lr": "lr",
+    "lr_end": "lr_end",
     "grad_norm_mean": "grad_norm/mean",
     "grad_norm_max": "grad_norm/max",
     "elapsed_s": "time/epoch_s",
@@ -62,8 +63,11 @@ class CSVLogger(Callback):
     beside ``history.json``).
 
     The header is HISTORY_KEYS (epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-    lr, grad_norm_mean, grad_norm_max, elapsed_s, images_per_s); one row per epoch follows.
-    The per-step ``step_grad_norm`` list is not a column (it has one value per step).
+    lr, lr_end, grad_norm_mean, grad_norm_max, elapsed_s, images_per_s); one row per epoch
+    follows. ``lr`` and ``lr_end`` are the learning rates of the epoch's first and last batch
+    (equal unless a per-batch schedule such as one-cycle moves it). The per-step lists
+    ``step_grad_norm`` and ``step_lr`` are not columns (they have one value per step; they are
+    in history.json).
     Epochs are integers; other numbers are written with ``repr`` precision, so
     ``float(cell)`` gives back the exact value. NaN (the validation columns of a run
     without a validation loader) is written as ``na_rep``: an empty cell by default, which
@@ -150,7 +154,7 @@ def summary_writer_class() -> type:
 class TensorBoardLogger(Callback):
     """Write TensorBoard scalars after every epoch, at step = the epoch number (1, 2, ...).
 
-    Tags: train/loss, train/accuracy, val/loss, val/accuracy, lr, grad_norm/mean,
+    Tags: train/loss, train/accuracy, val/loss, val/accuracy, lr, lr_end, grad_norm/mean,
     grad_norm/max, time/epoch_s and images_per_s: the values of the epoch's row of
     ``trainer.history`` (NaN values, such as val/* without a validation loader, are left
     out). With ``histograms=True`` each parameter's values also go in as a histogram,

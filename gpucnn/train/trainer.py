@@ -34,7 +34,8 @@ HISTORY_KEYS = (
     "train_accuracy",
     "val_loss",
     "val_accuracy",
-    "lr",
+    "lr",  # the lr of the epoch's first batch
+    "lr_end",  # of its last batch (a per-batch schedule moves it within the epoch)
     "grad_norm_mean",
     "grad_norm_max",
     "elapsed_s",
@@ -105,6 +106,7 @@ class Trainer:
         self.stop_training = False
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
         self.history["step_grad_norm"] = []
+        self.history["step_lr"] = []  # the lr each step's update used
         self._parallel: DataParallel | None = None
 
     # -- messages -------------------------------------------------------------------------
@@ -138,6 +140,9 @@ class Trainer:
         self.epoch, self.global_step = ckpt.epoch, ckpt.step
         if ckpt.history:
             self.history = {k: list(v) for k, v in ckpt.history.items()}
+            for k in HISTORY_KEYS:  # a checkpoint of an older gpucnn lacks newer columns
+                self.history.setdefault(k, [math.nan] * len(self.history.get("epoch", ())))
+            self.history.setdefault("step_lr", [])
         self.stop_training = False
         self.log(f"resumed from {path} after epoch {self.epoch} (step {self.global_step})")
         return ckpt
@@ -203,6 +208,7 @@ class Trainer:
         losses = xp.zeros(n_batches, dtype=np.float32)
         norms = xp.zeros(n_batches, dtype=np.float32)
         sizes = np.zeros(n_batches, dtype=np.int64)
+        lrs = np.zeros(n_batches)
         correct = xp.zeros((), dtype=np.int64)
         # in host memory reading the loss costs nothing, so check every step (before the update)
         check_every = 1 if self.backend.host_memory else self.log_every
@@ -229,6 +235,7 @@ class Trainer:
                     checked = self._check_finite(losses, i + 1, checked, epoch)
                 self.model.backward(self.criterion.backward())
             norms[i] = self._grad_norm()
+            lrs[i] = self.optimizer.lr
             self.optimizer.step()
             correct += (logits.argmax(axis=1) == y).sum()
             sizes[i] = len(y)
@@ -245,6 +252,7 @@ class Trainer:
         host_losses, host_norms = to_host(losses), to_host(norms)
         seen = int(sizes.sum())
         self.history["step_grad_norm"].extend(float(v) for v in host_norms)
+        self.history["step_lr"].extend(lrs.tolist())
         return {
             "train_loss": float((host_losses * sizes).sum() / seen),
             "train_accuracy": int(correct) / seen,
@@ -284,7 +292,9 @@ class Trainer:
         callback stops training.
 
         Returns:
-            The history: one entry per epoch for each of HISTORY_KEYS, and step_grad_norm.
+            The history: one entry per epoch for each of HISTORY_KEYS (``lr`` and ``lr_end``:
+            the lr of the epoch's first and last batch), and one per step in step_grad_norm
+            and step_lr.
         """
         if epochs < 1:
             raise ValueError(f"Trainer.fit: epochs must be >= 1, got {epochs}")
@@ -340,6 +350,7 @@ class Trainer:
                 val = self.evaluate(val_loader)
                 logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
             logs["lr"] = lr
+            logs["lr_end"] = self.history["step_lr"][-1]
             logs["elapsed_s"] = time.perf_counter() - t0
             self.epoch = epoch + 1
             self.history["epoch"].append(self.epoch)
@@ -360,8 +371,9 @@ class Trainer:
         ]
         if "val_loss" in logs:
             parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
+        start, end = logs["lr"], logs.get("lr_end", logs["lr"])
         parts += [
-            f"lr {logs['lr']:.3g}",
+            f"lr {start:.3g}" if f"{start:.3g}" == f"{end:.3g}" else f"lr {start:.3g} -> {end:.3g}",
             f"{logs['elapsed_s']:.1f}s",
             f"{logs['images_per_s']:.0f} img/s",
         ]

@@ -423,6 +423,8 @@ def test_the_trainer_runs_its_steps_as_graphs_by_default_on_cuda(monkeypatch, ca
     eager = _trainer(_model(dropout=False, conv_bias=False), cuda_graph=False, callbacks=cycle())
     eager.fit(_loader(), epochs=2)
     assert trainer.history["lr"] == eager.history["lr"] == pytest.approx([2e-3, 0.0231318551])
+    assert trainer.history["step_lr"] == eager.history["step_lr"]  # the lr of every batch
+    assert trainer.history["lr_end"] == eager.history["lr_end"] == eager.history["step_lr"][2::3]
     _assert_close(_state(trainer), _state(eager), rtol=2e-5, atol=1e-6)
 
 
