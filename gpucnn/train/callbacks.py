@@ -343,9 +343,11 @@ class OneCycleScheduler(_ScheduleCallback):
     """OneCycleLR as a callback, stepped after every batch (``on_batch_end``).
 
     The schedule is built when training begins (setting the optimizer's lr to
-    ``max_lr / div_factor``), so the lr the Trainer records for an epoch is the schedule's
-    value at the epoch's first batch. Its position is saved in checkpoints; a resumed run
-    continues the schedule exactly, and the lr of its next batch is the one saved.
+    ``max_lr / div_factor``). The Trainer records the lr each batch trained with
+    (``history["step_lr"]``: the schedule, step for step) and, per epoch, its first and last
+    batch's (``lr``, ``lr_end``: the range the epoch line shows). Its position is saved in
+    checkpoints; a resumed run continues the schedule exactly, and the lr of its next batch is
+    the one saved.
 
     In a fit run as CUDA graphs the schedule still steps on the host after every batch: setting
     ``optimizer.lr`` in device-state mode is an asynchronous write of the step state on the
