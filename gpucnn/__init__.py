@@ -14,8 +14,7 @@ from gpucnn import backend, export, functional, models, nn, optim
 from gpucnn.backend import get_backend, to_device, to_host
 from gpucnn.functional import softmax
 from gpucnn.inference import Predictor, load
-
-__version__ = "0.1.0"
+from gpucnn.version import __version__
 
 __all__ = [
     "__version__",

@@ -1,17 +1,31 @@
 """Export a trained network to ONNX (opset 17), to run it in onnxruntime or anything else.
 
-    gpucnn.export.onnx(gpucnn.load("runs/<run>/checkpoints/best.npz"), "model.onnx")
+    model = gpucnn.load("runs/<run>/checkpoints/best.npz")
+    gpucnn.export.onnx(model, "model.onnx")                       # normalised images -> logits
+    gpucnn.export.onnx(model, "digits.onnx", preprocessing=True)  # uint8 pixels -> probabilities
 
-The graph takes the normalised images the network takes, (N, C, H, W) float32 with a dynamic
-batch axis N, and returns the logits (N, K); apply (pixels / 255 - mean) / std first (the
-Predictor's ``normalise``) and a softmax after, if you want probabilities. Layers are
-exported in their declared order and with their eval-mode semantics (BatchNorm with its
-running statistics, Dropout as the identity). The onnx package (the "onnx" extra) is imported
-only when ``onnx`` is called.
+By default the graph takes the normalised images the network takes, "input": (N, C, H, W)
+float32 with a dynamic batch axis N, and returns "logits" (N, K); apply
+(pixels / 255 - mean) / std first (the Predictor's ``normalise``) and a softmax after, if you
+want probabilities. With ``preprocessing=True`` both are in the graph: it takes "pixels",
+uint8 0..255 shaped (N, H, W) (one channel) or (N, C, H, W), and returns "probabilities"
+(N, K), the Predictor's ``predict_proba``.
+
+Either way the model describes itself: its ``doc_string`` says, in words, what to feed it and
+what comes out, and its ``metadata_props`` (onnxruntime: ``session.get_modelmeta()
+.custom_metadata_map``) hold the same as strings: ``input``, ``input_layout``, ``output``,
+``normalisation`` (the formula, and whether the graph applies it), ``mean``, ``std``,
+``classes`` (a JSON list, index i for output i), ``preprocessing``, ``gpucnn_version`` and,
+where the checkpoint says, ``model`` and ``dataset``.
+
+Layers are exported in their declared order and with their eval-mode semantics (BatchNorm
+with its running statistics, Dropout as the identity). The onnx package (the "onnx" extra) is
+imported only when ``onnx`` is called.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +35,7 @@ import numpy as np
 from gpucnn import nn
 from gpucnn.backend import to_host
 from gpucnn.functional import resolve_padding
+from gpucnn.version import __version__
 
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17: readable by onnxruntime >= 1.11
@@ -33,8 +48,9 @@ class UnsupportedLayerError(NotImplementedError):
 class _Graph:
     """Nodes and initializers of the graph under construction, with unique tensor names."""
 
-    def __init__(self, helper: Any, numpy_helper: Any) -> None:
+    def __init__(self, helper: Any, numpy_helper: Any, float_type: int) -> None:
         self.helper, self.numpy_helper = helper, numpy_helper
+        self.float_type = float_type  # TensorProto.FLOAT
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.used: set[str] = set()
@@ -46,9 +62,9 @@ class _Graph:
         self.used.add(name)
         return name
 
-    def const(self, base: str, array: Any) -> str:
+    def const(self, base: str, array: Any, dtype: Any = np.float32) -> str:
         name = self.name(base)
-        value = np.ascontiguousarray(to_host(array), dtype=np.float32)
+        value = np.ascontiguousarray(to_host(array), dtype=dtype)
         self.initializers.append(self.numpy_helper.from_array(value, name))
         return name
 
@@ -123,29 +139,126 @@ def _emit(g: _Graph, m: nn.Module, x: str, name: str) -> str:
     )
 
 
+LAYOUTS = ("NHW", "NCHW")
+
+
+def _preprocess(g: _Graph, pixels: str, layout: str, mean: float, std: float) -> str:
+    """Nodes from uint8 pixels, (N, H, W) for layout "NHW" or (N, C, H, W), to the normalised
+    float32 (N, C, H, W) the network takes: x = (pixels * (1/255) - mean) * (1/std),
+    data.normalize's float32 operations in its order."""
+    base = "preprocess"
+    x = pixels
+    if layout == "NHW":  # (N, H, W) -> (N, 1, H, W)
+        x = g.node("Unsqueeze", [x, g.const(f"{base}.channel_axis", [1], np.int64)], base)
+    x = g.node("Cast", [x], base, to=g.float_type)
+    x = g.node("Mul", [x, g.const(f"{base}.inv_255", np.float32(1.0 / 255.0))], base)
+    x = g.node("Sub", [x, g.const(f"{base}.mean", np.float32(mean))], base)
+    inv_std = np.float32(1.0) / np.float32(std)
+    return g.node("Mul", [x, g.const(f"{base}.inv_std", inv_std)], base)
+
+
+def describe(
+    shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    layout: str | None,
+    classes: list[str] | None,
+    mean: float | None,
+    std: float | None,
+    config: dict[str, Any] | None = None,
+) -> tuple[dict[str, str], str]:
+    """What an exported model says about itself: (metadata_props, doc_string).
+
+    Args:
+        shape: one sample, (C, H, W); out_shape: the network's output per sample, (K,).
+        layout: the pixels' layout ("NHW" or "NCHW") when the graph takes uint8 pixels and
+            returns probabilities; None when it takes normalised images and returns logits.
+        classes, mean, std: the dataset's class names and normalisation, None when unknown.
+        config: the run's settings (its ``model`` and ``dataset`` are recorded).
+    """
+    c, h, w = shape
+    k = ", ".join(str(d) for d in out_shape)
+    formula = "(pixels / 255 - mean) / std"
+    if layout is not None:
+        dims = f"(N, {h}, {w})" if layout == "NHW" else f"(N, {c}, {h}, {w})"
+        feed = f"pixels: uint8 {dims}, values 0..255"
+        words = "batch, height, width" if layout == "NHW" else "batch, channel, height, width"
+        out = f"probabilities: float32 (N, {k}), softmax over the classes"
+        norm = f"{formula}, in the graph"
+    else:
+        layout, words = "NCHW", "batch, channel, height, width"
+        feed = f"input: float32 (N, {c}, {h}, {w}), normalised images"
+        out = f"logits: float32 (N, {k}); apply a softmax for probabilities"
+        norm = f"{formula}, applied before the graph"
+    in_graph = feed.startswith("pixels")
+    meta = {
+        "input": feed,
+        "input_layout": f"{layout}: {words}",
+        "output": out,
+        "normalisation": norm if mean is not None else "unknown (export a Predictor)",
+        "preprocessing": "in the graph" if in_graph else "not in the graph",
+        "gpucnn_version": __version__,
+    }
+    if mean is not None and std is not None:
+        meta["mean"], meta["std"] = repr(float(mean)), repr(float(std))
+    if classes is not None:
+        meta["classes"] = json.dumps(list(classes))
+    for key in ("model", "dataset"):
+        if config and isinstance(config.get(key), str):
+            meta[key] = config[key]
+    about = f"A gpucnn {meta['model']} model" if "model" in meta else "A gpucnn network"
+    if "dataset" in meta:
+        about += f" trained on {meta['dataset']}"
+    lines = [f"{about} (gpucnn {__version__}, ONNX opset {OPSET}).", f"Input {feed}."]
+    if mean is not None:
+        where = "The graph normalises them" if in_graph else "Normalise them first"
+        lines.append(f"{where}: x = {formula} with mean {mean:g}, std {std:g}.")
+    lines.append(f"Output {out}.")
+    if classes is not None:
+        lines.append(f"Classes, output index 0..{len(classes) - 1}: {', '.join(classes)}.")
+    return meta, "\n".join(lines)
+
+
 def onnx(
     model: Any,
     path: str | os.PathLike,
     input_shape: tuple[int, ...] | None = None,
     graph_name: str = "gpucnn",
+    *,
+    preprocessing: bool = False,
+    layout: str | None = None,
+    classes: list[str] | None = None,
+    mean: float | None = None,
+    std: float | None = None,
 ) -> Path:
-    """Write ``model`` as an ONNX file (opset 17) whose batch axis is dynamic.
+    """Write ``model`` as an ONNX file (opset 17) whose batch axis is dynamic and that says
+    how to feed it (``doc_string`` and ``metadata_props``; see the module's docstring).
 
     Args:
         model: an nn.Module (nn.Sequential of the supported layers, as gpucnn.models builds)
-            or a Predictor (its module is exported; see gpucnn.inference).
+            or a Predictor (its module is exported, with its classes and normalisation; see
+            gpucnn.inference).
         path: the .onnx file to write.
         input_shape: one sample, (C, H, W); a leading batch axis is accepted and ignored.
             Default: the Predictor's input shape, else (1, 28, 28).
         graph_name: the ONNX graph's name.
+        preprocessing: put the normalisation and the softmax in the graph: it takes uint8
+            pixels and returns probabilities.
+        layout: with preprocessing, the pixels' layout: "NHW", (N, H, W) as MNIST's arrays
+            are (one channel only; the default then), or "NCHW", (N, C, H, W). One graph input
+            has one rank, so a file takes one of them: export each you need.
+        classes, mean, std: the class names and the normalisation, for a bare module (a
+            Predictor's own are the default).
 
     Returns:
-        ``path`` as a Path. The graph's input is "input" (N, C, H, W) float32 — normalised
-        images — and its output "logits" (N, K).
+        ``path`` as a Path. Without preprocessing the graph's input is "input" (N, C, H, W)
+        float32 — normalised images — and its output "logits" (N, K); with it, "pixels"
+        (uint8, ``layout``) and "probabilities" (N, K).
 
     Raises:
         UnsupportedLayerError: a layer has no ONNX translation (the message names its type).
-        ValueError: ``input_shape`` does not fit the model.
+        ValueError: ``input_shape`` does not fit the model; preprocessing without a mean and
+            std, or with a layout that is not "NHW" (one channel) or "NCHW"; class names that
+            are not one per output.
         ImportError: the onnx package is missing (pip install 'gpucnn[onnx]').
     """
     try:
@@ -166,23 +279,64 @@ def onnx(
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"export.onnx: input_shape must be (C, H, W), got {input_shape!r}")
     out_shape = tuple(module.output_shape(shape))  # raises if the shape does not fit
+    if classes is None:
+        classes = getattr(model, "classes", None)
+    classes = [str(c) for c in classes] if classes is not None else None
+    mean = mean if mean is not None else getattr(model, "mean", None)
+    std = std if std is not None else getattr(model, "std", None)
+    if classes is not None and (len(out_shape) != 1 or len(classes) != out_shape[0]):
+        raise ValueError(
+            f"export.onnx: {len(classes)} class names for a model whose output is {out_shape}"
+        )
+    if (mean is None) != (std is None) or (std is not None and not float(std) > 0):
+        raise ValueError(f"export.onnx: give both mean and std (> 0), got {mean!r}, {std!r}")
+    if preprocessing:
+        layout = layout or ("NHW" if shape[0] == 1 else "NCHW")
+        if layout not in LAYOUTS or (layout == "NHW" and shape[0] != 1):
+            allowed = "'NHW' or 'NCHW'" if shape[0] == 1 else "'NCHW' (it takes more than one)"
+            raise ValueError(
+                f"export.onnx: layout must be {allowed} for a model taking {shape[0]} "
+                f"channel(s) per image, got {layout!r}"
+            )
+        if mean is None:
+            raise ValueError(
+                "export.onnx: preprocessing=True needs the normalisation: export a Predictor "
+                "(gpucnn.load(checkpoint)), or pass mean= and std="
+            )
+    elif layout is not None:
+        raise ValueError("export.onnx: layout is the pixels' layout; it needs preprocessing=True")
 
-    g = _Graph(helper, numpy_helper)
-    x = g.name("input")
-    y = _emit(g, module, x, "")
-    if y == x:  # nothing but identities: an output must be a node's
-        y = g.node("Identity", [x], "model")
-    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="logits"))
+    g = _Graph(helper, numpy_helper, TensorProto.FLOAT)
+    if preprocessing:
+        x = g.name("pixels")
+        dims = ["N", *shape[1:]] if layout == "NHW" else ["N", *shape]
+        feed = helper.make_tensor_value_info(x, TensorProto.UINT8, dims)
+        y = _emit(g, module, _preprocess(g, x, layout, float(mean), float(std)), "")
+        g.nodes.append(helper.make_node("Softmax", [y], ["probabilities"], axis=1))
+        result = helper.make_tensor_value_info(
+            "probabilities", TensorProto.FLOAT, ["N", *out_shape]
+        )
+    else:
+        x = g.name("input")
+        feed = helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", *shape])
+        y = _emit(g, module, x, "")
+        if y == x:  # nothing but identities: an output must be a node's
+            y = g.node("Identity", [x], "model")
+        g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="logits"))
+        result = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", *out_shape])
+    config = getattr(model, "config", None)
+    meta, doc = describe(shape, out_shape, layout, classes, mean, std, config)
     graph = helper.make_graph(
-        g.nodes,
-        graph_name,
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", *shape])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", *out_shape])],
-        initializer=g.initializers,
+        g.nodes, graph_name, [feed], [result], initializer=g.initializers, doc_string=doc
     )
     proto = helper.make_model(
-        graph, producer_name="gpucnn", opset_imports=[helper.make_opsetid("", OPSET)]
+        graph,
+        producer_name="gpucnn",
+        producer_version=__version__,
+        doc_string=doc,
+        opset_imports=[helper.make_opsetid("", OPSET)],
     )
+    helper.set_model_props(proto, meta)
     proto.ir_version = IR_VERSION
     onnx_lib.checker.check_model(proto, full_check=True)
     path = Path(path)

@@ -1,12 +1,15 @@
-"""gpucnn.export.onnx: the exported graph, run by onnxruntime, computes gpucnn's logits."""
+"""gpucnn.export.onnx: the exported graph, run by onnxruntime, computes gpucnn's logits (or,
+with preprocessing, its probabilities from uint8 pixels), and the file says how to feed it."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 import gpucnn
-from gpucnn import models, nn
+from gpucnn import data, models, nn
 from gpucnn.export import UnsupportedLayerError
 from gpucnn.train.checkpoint import save_checkpoint
 
@@ -120,10 +123,11 @@ def test_an_input_shape_that_does_not_fit_is_refused(tmp_path):
         gpucnn.export.onnx(models.build("seed"), tmp_path / "x.onnx", input_shape=(28, 28))
 
 
-def test_real_mnist_digits_classify_the_same_in_onnxruntime(tmp_path, mnist_root):
-    """A seed-bn network trained briefly on real MNIST (so its BatchNorm statistics are those
-    of real digits) gives the same logits and classes in onnxruntime on real test digits."""
-    from gpucnn import data, optim
+@pytest.fixture(scope="module")
+def mnist_run(mnist_root, tmp_path_factory):
+    """(checkpoint, test images, test labels): a seed-bn network trained briefly on real MNIST
+    (so its BatchNorm statistics are those of real digits), and 500 real test digits."""
+    from gpucnn import optim
     from gpucnn.train import Trainer
 
     spec = data.get_spec("mnist")
@@ -135,13 +139,135 @@ def test_real_mnist_digits_classify_the_same_in_onnxruntime(tmp_path, mnist_root
     )
     loader = data.DataLoader(x[:3000], y[:3000], 30, seed=0, mean=spec.mean, std=spec.std)
     trainer.fit(loader, epochs=1)
-    ck = save_checkpoint(
-        tmp_path / "ck.npz", model, config={"model": "seed-bn", "dataset": "mnist"}
-    )
+    folder = tmp_path_factory.mktemp("mnist-run")
+    ck = save_checkpoint(folder / "ck.npz", model, config={"model": "seed-bn", "dataset": "mnist"})
+    return ck, xt[:500], yt[:500]
+
+
+def test_real_mnist_digits_classify_the_same_in_onnxruntime(tmp_path, mnist_run):
+    """The plain graph gives gpucnn's logits and classes in onnxruntime on real test digits."""
+    ck, images, labels = mnist_run
     predictor = gpucnn.load(ck)
     path = gpucnn.export.onnx(predictor, tmp_path / "mnist.onnx")
-    images, labels = xt[:500], yt[:500]
     got = run_onnx(path, predictor.normalise(images))
     assert_same_logits(got, predictor.logits(images))
     np.testing.assert_array_equal(got.argmax(axis=1), predictor.predict(images))
     assert (got.argmax(axis=1) == labels).mean() > 0.8  # it learned digits, not noise
+
+
+def metadata(path):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.get_modelmeta().custom_metadata_map, onnx.load(str(path)).doc_string
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NCHW"])
+def test_with_preprocessing_real_pixels_give_predict_proba(tmp_path, mnist_run, layout):
+    """uint8 digits straight from the dataset, (N, 28, 28) or (N, 1, 28, 28), in; the
+    Predictor's probabilities out."""
+    ck, images, labels = mnist_run
+    predictor = gpucnn.load(ck)
+    path = gpucnn.export.onnx(predictor, tmp_path / "p.onnx", preprocessing=True, layout=layout)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (feed,) = session.get_inputs()
+    assert (feed.name, feed.type) == ("pixels", "tensor(uint8)")
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    pixels = images if layout == "NHW" else images[:, None]
+    assert feed.shape == ["N", *pixels.shape[1:]]
+    (probs,) = session.run(None, {"pixels": pixels})
+    want = predictor.predict_proba(images)
+    np.testing.assert_allclose(probs, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(probs.argmax(axis=1), predictor.predict(images))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert (probs.argmax(axis=1) == labels).mean() > 0.8
+    meta, doc = metadata(path)
+    assert meta["preprocessing"] == "in the graph"
+    assert (
+        meta["input"]
+        == f"pixels: uint8 (N, {', '.join(map(str, pixels.shape[1:]))}), values 0..255"
+    )
+    assert meta["output"].startswith("probabilities: float32 (N, 10)")
+    assert "0.1307" in doc and "0.3081" in doc and "The graph normalises them" in doc
+    other = images[:, None] if layout == "NHW" else images  # the other layout: refused by name
+    with pytest.raises(Exception, match="Invalid rank for input: pixels"):
+        session.run(None, {"pixels": other})
+
+
+def test_the_model_says_how_to_feed_it(tmp_path):
+    """metadata_props and doc_string: layout, normalisation (the checkpoint's dataset's), class
+    names and gpucnn's version."""
+    model = randomise(models.build("lenet5", seed=0))
+    ck = save_checkpoint(tmp_path / "ck.npz", model, config={"model": "lenet5", "dataset": "mnist"})
+    predictor = gpucnn.load(ck)
+    meta, doc = metadata(gpucnn.export.onnx(predictor, tmp_path / "m.onnx"))
+    spec = data.get_spec("mnist")
+    assert meta["input"] == "input: float32 (N, 1, 28, 28), normalised images"
+    assert meta["input_layout"] == "NCHW: batch, channel, height, width"
+    assert meta["output"] == "logits: float32 (N, 10); apply a softmax for probabilities"
+    assert float(meta["mean"]) == spec.mean == 0.1307 and float(meta["std"]) == spec.std
+    assert meta["normalisation"] == "(pixels / 255 - mean) / std, applied before the graph"
+    assert json.loads(meta["classes"]) == list(spec.classes)
+    assert meta["gpucnn_version"] == gpucnn.__version__
+    assert (meta["model"], meta["dataset"], meta["preprocessing"]) == (
+        "lenet5",
+        "mnist",
+        "not in the graph",
+    )
+    assert doc.splitlines() == [
+        f"A gpucnn lenet5 model trained on mnist (gpucnn {gpucnn.__version__}, ONNX opset 17).",
+        "Input input: float32 (N, 1, 28, 28), normalised images.",
+        "Normalise them first: x = (pixels / 255 - mean) / std with mean 0.1307, std 0.3081.",
+        "Output logits: float32 (N, 10); apply a softmax for probabilities.",
+        "Classes, output index 0..9: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9.",
+    ]
+    # a bare module knows no normalisation or classes, and says so; given them, records them
+    meta, _ = metadata(gpucnn.export.onnx(model, tmp_path / "bare.onnx"))
+    assert meta["normalisation"] == "unknown (export a Predictor)"
+    assert "mean" not in meta and "classes" not in meta
+    named = list("abcdefghij")
+    path = gpucnn.export.onnx(model, tmp_path / "given.onnx", classes=named, mean=0.5, std=0.25)
+    meta, _ = metadata(path)
+    assert (json.loads(meta["classes"]), meta["mean"], meta["std"]) == (named, "0.5", "0.25")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"preprocessing": True}, r"preprocessing=True needs the normalisation"),
+        ({"preprocessing": True, "mean": 0.1, "std": 0.3, "layout": "NHWC"}, r"'NHW' or 'NCHW'"),
+        ({"layout": "NHW"}, r"it needs preprocessing=True"),
+        ({"mean": 0.1}, r"give both mean and std"),
+        ({"classes": ["a", "b"]}, r"2 class names for a model whose output is \(10,\)"),
+    ],
+)
+def test_what_cannot_describe_the_model_is_refused(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gpucnn.export.onnx(models.build("seed"), tmp_path / "x.onnx", **kwargs)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_three_channel_pixels_come_in_nchw_only(tmp_path):
+    model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GlobalAvgPool2d(), nn.Linear(4, 2)))
+    common = {"input_shape": (3, 8, 8), "preprocessing": True, "mean": 0.5, "std": 0.2}
+    with pytest.raises(ValueError, match=r"layout must be 'NCHW' \(it takes more than one\)"):
+        gpucnn.export.onnx(model, tmp_path / "x.onnx", layout="NHW", **common)
+    path = gpucnn.export.onnx(model, tmp_path / "rgb.onnx", **common)  # NCHW by default
+    pixels = np.random.default_rng(6).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (probs,) = session.run(None, {"pixels": pixels})
+    z = model((pixels.astype(np.float32) / 255 - 0.5) / 0.2)
+    want = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probs, want / want.sum(axis=1, keepdims=True), rtol=1e-4)
+
+
+def test_the_evaluate_command_takes_with_preprocessing_only_with_an_export(capsys):
+    from gpucnn.flows import evaluate
+
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["ck.npz", "--with-preprocessing"])
+    assert stop.value.code == 2
+    assert "--with-preprocessing shapes the ONNX export: give --export-onnx PATH" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    assert "--with-preprocessing" in capsys.readouterr().out

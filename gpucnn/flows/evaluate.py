@@ -4,7 +4,9 @@
 
 The checkpoint carries its config (dataset, model); metrics.json, plots and Prefect
 artifacts go to its run folder unless --output-dir says otherwise. --export-onnx PATH also
-writes the model as ONNX (opset 17; input: normalised images (N, 1, 28, 28), output: logits).
+writes the model as ONNX (opset 17; input: normalised images (N, 1, 28, 28), output: logits;
+with --with-preprocessing: uint8 pixels (N, 28, 28) in, probabilities out). The file records
+its input layout, normalisation, classes and gpucnn version (metadata_props, doc_string).
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="also write the checkpoint's model as ONNX (needs the 'onnx' extra)",
     )
+    ap.add_argument(
+        "--with-preprocessing",
+        action="store_true",
+        help="with --export-onnx: the ONNX model takes uint8 pixels (N, 28, 28) and returns "
+        "probabilities (the normalisation and softmax in the graph; (N, 1, 28, 28) pixels: "
+        "gpucnn.export.onnx(..., preprocessing=True, layout='NCHW'))",
+    )
     args = ap.parse_args(argv)
+    if args.with_preprocessing and not args.export_onnx:
+        ap.error("--with-preprocessing shapes the ONNX export: give --export-onnx PATH too")
 
     def body() -> None:
         from gpucnn.train.checkpoint import load_checkpoint
@@ -52,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             import gpucnn
 
             try:
-                path = gpucnn.export.onnx(gpucnn.load(args.checkpoint), args.export_onnx)
+                path = gpucnn.export.onnx(
+                    gpucnn.load(args.checkpoint),
+                    args.export_onnx,
+                    preprocessing=args.with_preprocessing,
+                )
             except ImportError as exc:  # the extra is missing: one line, not a traceback
                 raise ValueError(str(exc)) from exc
             print(f"wrote {path}", file=sys.stderr)
