@@ -13,7 +13,16 @@ from gpucnn.functional.activation import (
     tanh_forward,
 )
 from gpucnn.functional.batchnorm import batchnorm2d_backward, batchnorm2d_forward
-from gpucnn.functional.conv import conv2d_backward, conv2d_forward, goes_direct, resolve_padding
+from gpucnn.functional.conv import (
+    ALGORITHMS,
+    conv2d_backward,
+    conv2d_forward,
+    conv_algorithm,
+    describe,
+    goes_direct,
+    resolve_padding,
+    winograd_tile,
+)
 from gpucnn.functional.dropout import dropout_backward, dropout_forward
 from gpucnn.functional.fused import conv2d_relu_maxpool_backward, conv2d_relu_maxpool_forward
 from gpucnn.functional.linear import linear_backward, linear_forward
@@ -30,13 +39,17 @@ from gpucnn.functional.pool import (
 )
 
 __all__ = [
+    "ALGORITHMS",
     "avgpool2d_backward",
     "avgpool2d_forward",
     "batchnorm2d_backward",
     "batchnorm2d_forward",
     "conv2d_backward",
     "conv2d_forward",
+    "conv_algorithm",
+    "describe",
     "goes_direct",
+    "winograd_tile",
     "conv2d_relu_maxpool_backward",
     "conv2d_relu_maxpool_forward",
     "cross_entropy_backward",

@@ -18,11 +18,19 @@ As matrices, with cols = im2col(x) of shape (C*k*k, N*OH*OW) and Wm = w.reshape(
 The products are the backend's ``kernels.matmul`` (NumPy's or CuPy's ``@``; the GEMM kernels
 while a CUDA step is captured into a graph, where cuBLAS is refused).
 
-A layer with few taps (C*k*k at most the backend's ``DIRECT_CONV_MAX_TAPS``; a first layer
-on one channel with 3×3 filters has 9) can skip the columns: ``conv2d_direct_fwd`` computes Y
-from x directly and ``conv2d_direct_bwd`` dW and db from x and dY (the sums above, as loops);
-dx, where wanted, is still col2im(Wm.T @ dY), which needs no columns. Whether it pays is the
-backend's measured setting (see gpucnn.backend.cpu and .cuda).
+One formula, three algorithms (``algorithm``; "auto" asks :func:`conv_algorithm`, which reads
+each backend's measured settings, see gpucnn.backend.cpu and .cuda):
+
+- "im2col": the matrices above; any shape.
+- "direct": a layer with few taps (C*k*k at most the backend's ``DIRECT_CONV_MAX_TAPS``; a
+  first layer on one channel with 3×3 filters has 9) skips the columns:
+  ``conv2d_direct_fwd`` computes Y from x directly and ``conv2d_direct_bwd`` dW and db from x
+  and dY (the sums above, as loops); dx, where wanted, is still col2im(Wm.T @ dY), which needs
+  no columns.
+- "winograd": 3×3 filters at stride 1, by Winograd's F(m×m, 3×3) (functional/winograd.py):
+  2.25× (m = 2) or 4× (m = 4) fewer multiplications, exact up to rounding. On where the
+  backend says ``WINOGRAD_TILE`` (m, 0: never) and the layer has at least
+  ``WINOGRAD_MIN_CHANNELS`` input channels (fewer make its GEMMs too thin to pay).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
+from gpucnn.functional import winograd
 from gpucnn.functional.checks import (
     check_channels,
     check_float,
@@ -62,14 +71,73 @@ def resolve_padding(layer: str, padding: int | str, k: int, stride: int) -> int:
     return padding
 
 
+ALGORITHMS = ("auto", "im2col", "direct", "winograd")
+
+
 def goes_direct(be: Any, channels: int, k: int) -> bool:
     """Whether a convolution with ``channels`` inputs and k×k filters skips the columns on
     backend ``be``: C*k*k at most its kernels' ``DIRECT_CONV_MAX_TAPS`` (0: never)."""
     return channels * k * k <= getattr(be.kernels, "DIRECT_CONV_MAX_TAPS", 0)
 
 
+def winograd_tile(be: Any) -> int:
+    """The output tile m of backend ``be``'s Winograd F(m×m, 3×3), 0 when it has none on."""
+    return int(getattr(be.kernels, "WINOGRAD_TILE", 0))
+
+
+def conv_algorithm(
+    be: Any, channels: int, k: int, stride: int, pad: int, algorithm: str = "auto"
+) -> str:
+    """The algorithm a convolution of ``channels`` inputs, k×k filters, ``stride`` and
+    padding ``pad`` runs on backend ``be``: "im2col", "direct" or "winograd".
+
+    "auto" takes the backend's measured settings: direct for few taps, Winograd for 3×3
+    stride-1 layers with padding up to 2 and at least WINOGRAD_MIN_CHANNELS inputs, else
+    im2col. An explicit choice is honoured where its rule allows it.
+
+    Raises:
+        ValueError: an unknown algorithm, or "winograd" for a layer it cannot compute.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"Conv2d: algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
+            f"got {algorithm!r}"
+        )
+    if algorithm == "winograd" and (k != 3 or stride != 1):
+        raise ValueError(
+            f"Conv2d: algorithm='winograd' computes 3x3 filters at stride 1 (F(mxm, 3x3)); "
+            f"this layer has kernel {k}x{k}, stride {stride}"
+        )
+    if algorithm != "auto":
+        return algorithm
+    if goes_direct(be, channels, k):
+        return "direct"
+    if (
+        k == 3
+        and stride == 1
+        and pad <= 2
+        and winograd_tile(be)
+        and channels >= getattr(be.kernels, "WINOGRAD_MIN_CHANNELS", 1)
+    ):
+        return "winograd"
+    return "im2col"
+
+
+def describe(algorithm: str, be: Any) -> str:
+    """How ``algorithm`` reads in a model's repr and summary, e.g. "winograd F(2x2,3x3)"."""
+    if algorithm == "winograd":
+        m = winograd_tile(be) or 2
+        return f"winograd F({m}x{m},3x3)"
+    return {"im2col": "im2col+GEMM", "direct": "direct"}[algorithm]
+
+
 def conv2d_forward(
-    x: Any, w: Any, b: Any = None, stride: int = 1, padding: int | str = 0
+    x: Any,
+    w: Any,
+    b: Any = None,
+    stride: int = 1,
+    padding: int | str = 0,
+    algorithm: str = "auto",
 ) -> tuple[Any, tuple]:
     """Convolve ``x`` with ``w`` and add ``b``.
 
@@ -79,9 +147,12 @@ def conv2d_forward(
         b: bias (F,) or None.
         stride: step S >= 1 of the window.
         padding: P (int), "same" or "valid".
+        algorithm: "auto" (the backend's measured choice), "im2col", "direct" or "winograd"
+            (3×3, stride 1); they compute the same y up to rounding.
 
     Returns:
-        (y, cache); y is (N, F, OH, OW), OH = floor((H - k + 2P) / S) + 1.
+        (y, cache); y is (N, F, OH, OW), OH = floor((H - k + 2P) / S) + 1. cache[1] names
+        the algorithm that ran.
     """
     layer = "Conv2d"
     check_rank(layer, x, 4, "(N, C, H, W)")
@@ -93,9 +164,13 @@ def conv2d_forward(
     oh, ow = window_out_size(layer, x.shape, k, stride, pad)
     be = backend_of(x, w, b)
     n = x.shape[0]
-    if goes_direct(be, c, k):
+    algo = conv_algorithm(be, c, k, stride, pad, algorithm)
+    if algo == "direct":
         y = be.kernels.conv2d_direct_fwd(x, w, b, stride, pad)
-        return y, (x, True, x.shape, w, b is not None, stride, pad)
+        return y, (x, algo, x.shape, w, b is not None, stride, pad)
+    if algo == "winograd":
+        y, wcache = winograd.forward(x, w, b, pad, winograd_tile(be) or 2)
+        return y, (wcache, algo, x.shape, w, b is not None, stride, pad)
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
     yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
@@ -105,7 +180,7 @@ def conv2d_forward(
         be.xp.add(yt, b[None, :, None, None], out=y)
     else:
         y[...] = yt
-    return y, (cols, False, x.shape, w, b is not None, stride, pad)
+    return y, (cols, algo, x.shape, w, b is not None, stride, pad)
 
 
 def conv2d_backward(
@@ -117,7 +192,10 @@ def conv2d_backward(
     ``need_params=False`` skips dw and db (frozen filters); they are then None, as is db
     when the forward pass had no bias.
     """
-    saved, direct, x_shape, w, has_bias, stride, pad = cache  # saved: cols, or x if direct
+    saved, algo, x_shape, w, has_bias, stride, pad = cache  # saved: cols, x if direct
+    if algo == "winograd":  # saved: what functional.winograd.forward kept
+        return winograd.backward(dy, saved, need_dx, need_params)
+    direct = algo == "direct"
     be = backend_of(dy)
     f, _, k, _ = w.shape
     # (F, N*OH*OW), a copy: made only where a GEMM reads it

@@ -24,6 +24,10 @@ Neither pass makes a full-size (N, F, OH, OW) tensor: the bias, the transpose to
 the pool and the ReLU are the epilogue of the forward GEMM, and their gradients the prologue of
 the backward GEMMs. y, arg and dY2 are bit for bit those of the layers run one by one; db is
 their sum in another order. The products are the backend's ``kernels.matmul``, as conv's.
+
+Where the convolution runs by Winograd (conv2d_forward's ``algorithm``), each m×m output tile
+holds whole 2×2 windows, so the same epilogue follows the output transform instead of the
+GEMM: functional/winograd.py with ``pool=True``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
+from gpucnn.functional import winograd
 from gpucnn.functional.checks import (
     check_channels,
     check_float,
@@ -38,11 +43,16 @@ from gpucnn.functional.checks import (
     check_rank,
     window_out_size,
 )
-from gpucnn.functional.conv import resolve_padding
+from gpucnn.functional.conv import conv_algorithm, resolve_padding, winograd_tile
 
 
 def conv2d_relu_maxpool_forward(
-    x: Any, w: Any, b: Any = None, stride: int = 1, padding: int | str = 0
+    x: Any,
+    w: Any,
+    b: Any = None,
+    stride: int = 1,
+    padding: int | str = 0,
+    algorithm: str = "auto",
 ) -> tuple[Any, tuple]:
     """relu(maxpool2x2(conv2d(x, w, b))) in one GEMM and one pass over its output.
 
@@ -52,6 +62,9 @@ def conv2d_relu_maxpool_forward(
         b: bias (F,) or None.
         stride: the convolution's step S >= 1 (the pool's is 2).
         padding: the convolution's P (int), "same" or "valid" (the pool's is 0).
+        algorithm: the convolution's, as conv2d_forward's ("direct" is not fused: it makes
+            no GEMM output for the epilogue to read). With "winograd" (and an even tile) the
+            epilogue is the Winograd output transform's (functional/winograd.py).
 
     Returns:
         (y, cache); y is (N, F, OH // 2, OW // 2), OH = floor((H - k + 2P) / S) + 1.
@@ -67,11 +80,17 @@ def conv2d_relu_maxpool_forward(
     oh, ow = window_out_size(layer, x.shape, k, stride, pad)
     window_out_size("MaxPool2d", (n, f, oh, ow), 2, 2, 0)
     be = backend_of(x, w, b)
+    algo = conv_algorithm(be, c, k, stride, pad, algorithm)
+    if algo == "direct":
+        raise ValueError("conv2d_relu_maxpool: a direct convolution is not fused")
+    if algo == "winograd":  # every tile size here is even: a tile holds whole windows
+        y, wcache = winograd.forward(x, w, b, pad, winograd_tile(be) or 2, pool=True)
+        return y, ("winograd", wcache)
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
     yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
     y, arg = be.kernels.conv_relu_pool2x2_fwd(yt.reshape(f, n, oh, ow), b)  # (N, F, PH, PW)
-    return y, (cols, x.shape, w, b is not None, stride, pad, (oh, ow), arg, y)
+    return y, ("im2col", (cols, x.shape, w, b is not None, stride, pad, (oh, ow), arg, y))
 
 
 def conv2d_relu_maxpool_backward(
@@ -82,7 +101,10 @@ def conv2d_relu_maxpool_backward(
     ``need_dx=False`` skips the dx GEMM and col2im (dx is then None); ``need_params=False``
     skips dw and db (then None, as db is when the forward pass had no bias).
     """
-    cols, x_shape, w, has_bias, stride, pad, out_hw, arg, y = cache
+    algo, saved = cache
+    if algo == "winograd":
+        return winograd.backward(dy, saved, need_dx, need_params)
+    cols, x_shape, w, has_bias, stride, pad, out_hw, arg, y = saved
     be = backend_of(dy)
     f, _, k, _ = w.shape
     dy2, db = be.kernels.conv_relu_pool2x2_bwd(dy, arg, y, out_hw)  # (F, N*OH*OW), (F,)

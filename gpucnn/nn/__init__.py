@@ -7,9 +7,10 @@ from gpucnn.nn.batchnorm import BatchNorm2d
 from gpucnn.nn.conv import Conv2d
 from gpucnn.nn.fused import ConvReLUPool
 from gpucnn.nn.linear import Flatten, Linear
-from gpucnn.nn.module import Module, Parameter, Sequential
+from gpucnn.nn.module import Module, Parameter
 from gpucnn.nn.pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from gpucnn.nn.residual import Residual
+from gpucnn.nn.sequential import Sequential
 
 __all__ = [
     "AvgPool2d",

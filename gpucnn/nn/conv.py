@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn import functional as F
+from gpucnn.backend import backend_of
 from gpucnn.functional.checks import check_positive, window_out_size
 from gpucnn.nn import init
 from gpucnn.nn.module import Module, Shape
@@ -21,6 +22,10 @@ class Conv2d(Module):
         padding: P as an int, "same" (P = (k-1)/2; stride 1, odd k) or "valid" (P = 0).
         bias: learn a per-filter bias.
         rng: seed or Generator for the initial weights ~ N(0, 0.01^2) (the article's init).
+        algorithm: how the convolution is computed: "auto" (the backend's measured choice
+            for this shape), "im2col" (columns and one GEMM), "direct" (loops, no columns) or
+            "winograd" (3×3 stride 1: Winograd's F(m×m, 3×3), fewer multiplications). They
+            agree up to rounding; ``repr`` says which one runs.
 
     Shape:
         (N, C, H, W) -> (N, F, OH, OW), OH = floor((H - k + 2P) / S) + 1, likewise OW.
@@ -40,6 +45,7 @@ class Conv2d(Module):
         padding: int | str = 0,
         bias: bool = True,
         rng: init.RngLike = None,
+        algorithm: str = "auto",
     ) -> None:
         super().__init__()
         self.in_channels = check_positive("Conv2d", "in_channels", in_channels)
@@ -51,13 +57,24 @@ class Conv2d(Module):
         k = self.kernel_size
         self.weight = init.normal_(init.new_param((out_channels, in_channels, k, k)), 0.01, rng)
         self.bias = init.new_param((out_channels,)) if bias else None
+        self.algorithm = algorithm
+        self.runs()  # an unknown algorithm, or winograd for another shape, fails here
         self.input_grad = True
         self._cache: tuple | None = None
 
     def forward(self, x: Any) -> Any:
         b = self.bias.data if self.bias is not None else None
-        y, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.pad)
+        y, self._cache = F.conv2d_forward(
+            x, self.weight.data, b, self.stride, self.pad, self.algorithm
+        )
         return y
+
+    def runs(self) -> str:
+        """The algorithm this layer's forward runs on its parameters' device: "im2col",
+        "direct" or "winograd"."""
+        be = backend_of(self.weight.data)
+        k = self.kernel_size
+        return F.conv_algorithm(be, self.in_channels, k, self.stride, self.pad, self.algorithm)
 
     def backward(self, dy: Any) -> Any:
         if self._cache is None:
@@ -90,8 +107,18 @@ class Conv2d(Module):
         f, oh, ow = self.output_shape(in_shape)
         return (c * h * w) * (f * oh * ow) + f * oh * ow
 
+    def summary_rows(self, in_shape: Shape, name: str) -> tuple[list[tuple], Shape]:
+        rows, out = super().summary_rows(in_shape, name)
+        first = rows[0]
+        return [(first[0], f"Conv2d [{self.algorithm_note()}]", *first[2:])], out
+
+    def algorithm_note(self) -> str:
+        """What ``repr`` and ``summary`` say this layer runs, e.g. "winograd F(2x2,3x3)"."""
+        return F.describe(self.runs(), backend_of(self.weight.data))
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding!r}, bias={self.bias is not None}"
+            f"stride={self.stride}, padding={self.padding!r}, bias={self.bias is not None}, "
+            f"runs={self.algorithm_note()!r}"
         )

@@ -7,7 +7,8 @@ layers as written stay the model's children. It fuses only what matches exactly:
 (in the order Sequential runs them, where a ReLU before a max pool runs after it) a
 MaxPool2d(kernel_size=2, stride=2, padding=0) and a ReLU, nothing between them, on a backend
 whose kernels module says FUSES_CONV_RELU_POOL (measured faster there), unless that backend
-convolves this Conv2d directly (gpucnn.functional.goes_direct).
+convolves this Conv2d directly (Conv2d.runs(): no GEMM output for the epilogue). A Winograd
+conv fuses too: its output transform carries the epilogue (gpucnn.functional.winograd).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class ConvReLUPool(Module):
         conv = self.conv
         b = conv.bias.data if conv.bias is not None else None
         y, self._cache = F.conv2d_relu_maxpool_forward(
-            x, conv.weight.data, b, conv.stride, conv.pad
+            x, conv.weight.data, b, conv.stride, conv.pad, conv.algorithm
         )
         conv._cache = None  # its own backward would find nothing of this pass: make it say so
         return y
@@ -78,7 +79,7 @@ def fusable(conv: Module, pool: Module, relu: Module) -> bool:
     if (pool.kernel_size, pool.stride, pool.padding) != (2, 2, 0):
         return False
     be = backend_of(conv.weight.data)
-    if F.goes_direct(be, conv.in_channels, conv.kernel_size):
+    if conv.runs() == "direct":
         return False  # it makes no GEMM output (F, N, OH, OW) for the fused epilogue to read
     return bool(getattr(be.kernels, "FUSES_CONV_RELU_POOL", False))
 

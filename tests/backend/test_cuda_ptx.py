@@ -97,6 +97,13 @@ def _every_launch() -> None:
     gpu.affine_params(batch, 7, x.shape, 10.0, (0.1, 0.1), (0.9, 1.1), 0.5, f32(2, 4), f32(2, 2))
     gpu.record_step(f32(3), batch, f32(1))
     gpu.batch_state_advance(batch)
+    v = gpu.winograd_input_tf(x, 2, 1)  # F(2x2, 3x3): (16, 2*3*3 tiles, 3 channels)
+    mt = f32(16, 18, 4)
+    gpu.winograd_output_tf(mt, f32(4), (2, 4, 6, 6), 2)
+    y, arg = gpu.winograd_relu_pool2x2_fwd(mt, f32(4), (2, 4, 6, 6), 2)
+    gpu.winograd_grad_tf(f32(2, 4, 6, 6), 2)
+    gpu.winograd_relu_pool2x2_bwd(f32(2, 4, 3, 3), arg, y, (6, 6), 2)
+    gpu.winograd_input_grad(v, x.shape, 2, 1)
     assert cols.shape == (27, 72)
 
 

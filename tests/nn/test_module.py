@@ -105,7 +105,7 @@ def test_sequential_rejects_non_modules():
 
 def test_repr_shows_the_structure():
     text = repr(_net())
-    assert "Conv2d(1, 2, kernel_size=3, stride=1, padding=1, bias=True)" in text
+    assert "Conv2d(1, 2, kernel_size=3, stride=1, padding=1, bias=True, runs='im2col+GEMM')" in text
     assert "Dropout(p=0.5)" in text
 
 

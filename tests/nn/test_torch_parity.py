@@ -51,6 +51,28 @@ def test_conv2d(c, f, k, stride, padding, hw):
     close(layer.bias.grad, bt.grad, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+def test_conv2d_by_winograd(tile, monkeypatch):
+    """Winograd's float32 error is im2col's for F(2x2, 3x3) and ~10x it for F(4x4, 3x3)
+    (benchmarks/results/winograd-cpu.md): both inside the float32 tolerance of these tests."""
+    from gpucnn.backend import cpu
+
+    monkeypatch.setattr(cpu, "WINOGRAD_TILE", tile)
+    layer = nn.Conv2d(32, 64, 3, padding=1, rng=0, algorithm="winograd")
+    layer.bias.data[...] = rand(64, 9)
+    x = rand((3, 32, 14, 14))
+    y = layer(x)
+    dy = rand(y.shape, 1)
+    dx = layer.backward(dy)
+    xt, wt, bt = t(x, True), t(layer.weight.data, True), t(layer.bias.data, True)
+    yt = TF.conv2d(xt, wt, bt, padding=1)
+    yt.backward(t(dy))
+    close(y, yt)
+    close(dx, xt.grad)
+    close(layer.weight.grad, wt.grad, rtol=1e-3, atol=1e-4)
+    close(layer.bias.grad, bt.grad, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("k", "stride", "padding"), [(2, None, 0), (3, 2, 1), (3, 1, 0), (2, 2, 1)]
 )

@@ -48,6 +48,14 @@ from gpucnn.backend.cpu.pool import (
 )
 from gpucnn.backend.cpu.warp import affine_warp
 from gpucnn.backend.cpu.window import col2im, im2col
+from gpucnn.backend.cpu.winograd import (
+    winograd_grad_tf,
+    winograd_input_grad,
+    winograd_input_tf,
+    winograd_output_tf,
+    winograd_relu_pool2x2_bwd,
+    winograd_relu_pool2x2_fwd,
+)
 
 # nn.Sequential runs Conv2d -> ReLU -> MaxPool2d(2) as one conv2d_relu_maxpool step (fused.py)
 # on this backend: measured faster, benchmarks/results/fused-cpu.md
@@ -58,6 +66,13 @@ FUSES_CONV_RELU_POOL = True
 # for the CUDA kernels; on this CPU they measured slower than im2col + OpenBLAS for the seed
 # model's first layer (benchmarks/results/direct-conv-cpu.md)
 DIRECT_CONV_MAX_TAPS = 0
+
+# Winograd F(m×m, 3×3) (winograd.py, gpucnn.functional.winograd) for 3×3 stride-1 layers with
+# at least WINOGRAD_MIN_CHANNELS input channels: WINOGRAD_TILE is m (0: never). Measured
+# against im2col + OpenBLAS per layer shape and per training step
+# (benchmarks/results/winograd-cpu.md).
+WINOGRAD_TILE = 2
+WINOGRAD_MIN_CHANNELS = 8
 
 __all__ = [
     "affine_warp",
@@ -97,4 +112,10 @@ __all__ = [
     "batch_state_advance",
     "affine_params",
     "record_step",
+    "winograd_input_tf",
+    "winograd_output_tf",
+    "winograd_relu_pool2x2_fwd",
+    "winograd_grad_tf",
+    "winograd_relu_pool2x2_bwd",
+    "winograd_input_grad",
 ]

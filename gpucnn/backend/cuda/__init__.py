@@ -27,6 +27,7 @@ from gpucnn.backend.cuda import (
     pool,
     warp,
     window,
+    winograd,
 )
 from gpucnn.backend.cuda import gemm as gemm_module  # the name gemm is its launcher, below
 from gpucnn.backend.cuda.batch import (
@@ -68,6 +69,14 @@ from gpucnn.backend.cuda.pool import (
 )
 from gpucnn.backend.cuda.warp import affine_warp
 from gpucnn.backend.cuda.window import col2im, im2col
+from gpucnn.backend.cuda.winograd import (
+    winograd_grad_tf,
+    winograd_input_grad,
+    winograd_input_tf,
+    winograd_output_tf,
+    winograd_relu_pool2x2_bwd,
+    winograd_relu_pool2x2_fwd,
+)
 
 # the modules whose *_kernel functions are this backend's device code (tests and
 # benchmarks/gpu_check.py wrap them to record or count launches)
@@ -82,6 +91,7 @@ KERNEL_MODULES = (
     gemm_module,
     batch,
     fused,
+    winograd,
 )
 
 # Whether nn.Sequential runs Conv2d -> ReLU -> MaxPool2d(2) as one conv2d_relu_maxpool step
@@ -93,6 +103,11 @@ FUSES_CONV_RELU_POOL = False
 # rather than through im2col and a GEMM: 0, off, until timed faster on a GPU (gpu_check's
 # kernel part times both on the seed model's first layer); simulator- and PTX-tested meanwhile
 DIRECT_CONV_MAX_TAPS = 0
+
+# Winograd F(m×m, 3×3) (winograd.py): off here (0) until a GPU times it against im2col and
+# cuDNN; the kernels are tested against their CPU twins in the simulator meanwhile
+WINOGRAD_TILE = 0
+WINOGRAD_MIN_CHANNELS = 8
 
 __all__ = [
     "affine_warp",
@@ -132,4 +147,10 @@ __all__ = [
     "batch_state_advance",
     "affine_params",
     "record_step",
+    "winograd_input_tf",
+    "winograd_output_tf",
+    "winograd_relu_pool2x2_fwd",
+    "winograd_grad_tf",
+    "winograd_relu_pool2x2_bwd",
+    "winograd_input_grad",
 ]

@@ -1,0 +1,122 @@
+"""3×3 stride-1 convolution by Winograd's minimal filtering algorithm F(m×m, 3×3).
+
+The convolution of functional/conv.py, y[n, f] = b[f] + sum_c w[f, c] ⋆ xpad[n, c], computed
+tile by tile (gpucnn.backend.winograd has the matrices Bᵀ, G, Aᵀ and where they come from):
+the output is cut into m×m tiles, tile t of input channel c is the (m+2)×(m+2) patch d[t, c]
+under it, and with alpha = m + 2 and ξ running over the alpha² points of a tile,
+
+    U[ξ] = (G w[f, c] Gᵀ)[ξ]      filters, (C, F) per ξ          filter_transform, once a step
+    V[ξ] = (Bᵀ d[t, c] B)[ξ]      input tiles, (T, C) per ξ      kernels.winograd_input_tf
+    M[ξ] = V[ξ] @ U[ξ]            alpha² GEMMs, (T, F): the sum over channels
+    y[t] = Aᵀ M[t] A + b          output tiles, m×m              kernels.winograd_output_tf
+
+The element-wise product of the 2-D algorithm, summed over input channels, is a matrix
+product per point ξ; that is where the multiplications go, alpha²·T·C·F of them against
+9·m²·T·C·F for im2col's GEMM (2.25× fewer for m = 2, 4× for m = 4).
+
+Backward is the adjoint of each linear step, in reverse (so it is exact too; read the forward
+column upwards):
+
+    dM[t]  = A dY[t] Aᵀ                     kernels.winograd_grad_tf (also db = sum of dY)
+    dU[ξ]  = V[ξ]ᵀ @ dM[ξ]                  alpha² GEMMs, (C, F)
+    dw     = Gᵀ dU G                        (F, C, 3, 3)
+    dV[ξ]  = dM[ξ] @ U[ξ]ᵀ                  alpha² GEMMs, (T, C)
+    dx     = B dV[t] Bᵀ, overlapping tiles summed       kernels.winograd_input_grad
+
+The weight gradient is Winograd's F(3×3, m×m) with the output gradient's tiles as the
+"filter" (transform A, data transform Bᵀ, output transform Gᵀ: F(m, 3) transposed), and dx is
+the full correlation of dY with the 180°-rotated, transposed filters computed by the same
+algorithm transposed; both reuse the forward pass's V and U and share one transform of dY.
+
+With a ReLU and a 2×2 max pool after the convolution (the seed model's blocks) and an even m,
+every tile holds whole pool windows, so the output transform also adds the bias, pools and
+applies the ReLU, writing only the pooled output (kernels.winograd_relu_pool2x2_fwd), and
+backward starts from the pooled gradient (kernels.winograd_relu_pool2x2_bwd).
+
+Which layers take this path, and which m, is each backend's measured setting (the
+``WINOGRAD_*`` values in gpucnn.backend.cpu), chosen by gpucnn.functional.conv.algorithm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpucnn.backend import backend_of
+from gpucnn.backend.winograd import matrices
+
+
+def filter_transform(w: Any, m: int) -> Any:
+    """U = G w Gᵀ for every (filter, channel), as the GEMMs want it.
+
+    Shape: w (F, C, 3, 3) -> (alpha², C, F). Computed in float64 (the 1/6 and 1/24 of
+    F(4×4, 3×3) are not exact in binary) and returned in w's dtype.
+    """
+    xp = backend_of(w).xp
+    f, c = w.shape[:2]
+    alpha = m + 2
+    g = xp.asarray(matrices(m)[1])
+    # two plain GEMMs over all (f, c) at once, rather than F*C tiny ones
+    wg = w.astype(xp.float64).reshape(f * c * 3, 3) @ g.T  # (F*C*3, alpha): w Gᵀ
+    u = wg.reshape(f * c, 3, alpha).transpose(0, 2, 1).reshape(f * c * alpha, 3) @ g.T
+    # u[(f, c, j), i] = (G w Gᵀ)[i, j]  ->  (i, j, c, f)
+    u = u.reshape(f, c, alpha, alpha).transpose(3, 2, 1, 0).reshape(alpha * alpha, c, f)
+    return xp.ascontiguousarray(u, dtype=w.dtype)
+
+
+def filter_grad(du: Any, m: int, w_shape: tuple) -> Any:
+    """dw = Gᵀ dU G, the adjoint of filter_transform. Shape: (alpha², C, F) -> (F, C, 3, 3)."""
+    xp = backend_of(du).xp
+    f, c = w_shape[:2]
+    alpha = m + 2
+    _, g, _ = matrices(m)
+    g = xp.asarray(g)
+    # dU (i, j, c, f) -> (f, c, j, i), then Gᵀ along each axis as two plain GEMMs
+    d = du.astype(xp.float64).reshape(alpha, alpha, c, f).transpose(3, 2, 1, 0)
+    d = d.reshape(f * c * alpha, alpha) @ g  # [(f, c, j), k] = sum_i dU[i, j] G[i, k]
+    d = d.reshape(f * c, alpha, 3).transpose(0, 2, 1).reshape(f * c * 3, alpha) @ g
+    return xp.ascontiguousarray(d.reshape(f, c, 3, 3), dtype=du.dtype)  # [(f, c, k), l]
+
+
+def forward(x: Any, w: Any, b: Any, pad: int, m: int, pool: bool = False) -> tuple[Any, tuple]:
+    """y = conv2d(x, w, b) (3×3, stride 1, padding ``pad``) by F(m×m, 3×3); with ``pool``,
+    relu(maxpool2x2(y)) and its argmax instead.
+
+    Shape: x (N, C, H, W), w (F, C, 3, 3), b (F,) or None -> y (N, F, OH, OW),
+    OH = H + 2·pad − 2; with pool, (N, F, OH // 2, OW // 2). Arguments are checked by the
+    caller (functional.conv2d_forward, functional.conv2d_relu_maxpool_forward).
+    """
+    be = backend_of(x, w, b)
+    n, _, h, wd = x.shape
+    f = w.shape[0]
+    out_shape = (n, f, h + 2 * pad - 2, wd + 2 * pad - 2)
+    u = filter_transform(w, m)  # (alpha², C, F)
+    v = be.kernels.winograd_input_tf(x, m, pad)  # (alpha², T, C)
+    mt = be.kernels.matmul(v, u)  # (alpha², T, F): the alpha² GEMMs
+    if pool:
+        y, arg = be.kernels.winograd_relu_pool2x2_fwd(mt, b, out_shape, m)
+        return y, (v, u, x.shape, out_shape, b is not None, pad, m, arg, y)
+    y = be.kernels.winograd_output_tf(mt, b, out_shape, m)
+    return y, (v, u, x.shape, out_shape, b is not None, pad, m, None, None)
+
+
+def backward(
+    dy: Any, cache: tuple, need_dx: bool = True, need_params: bool = True
+) -> tuple[Any, Any, Any]:
+    """Gradients of ``forward``: dy (its output's shape) -> dx, dw, db (input order; None
+    where not needed, as conv2d_backward)."""
+    v, u, x_shape, out_shape, has_bias, pad, m, arg, y = cache
+    be = backend_of(dy)
+    if arg is None:
+        dm, db = be.kernels.winograd_grad_tf(dy, m)  # (alpha², T, F)
+    else:
+        dm, db = be.kernels.winograd_relu_pool2x2_bwd(dy, arg, y, out_shape[2:], m)
+    dw = None
+    if need_params:
+        du = be.kernels.matmul(v.transpose(0, 2, 1), dm)  # (alpha², C, F)
+        dw = filter_grad(du, m, (out_shape[1], x_shape[1]))
+    db = db if has_bias and need_params else None
+    dx = None
+    if need_dx:
+        dv = be.kernels.matmul(dm, u.transpose(0, 2, 1))  # (alpha², T, C)
+        dx = be.kernels.winograd_input_grad(dv, x_shape, m, pad)
+    return dx, dw, db
