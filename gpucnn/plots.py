@@ -1,22 +1,39 @@
 """Pictures of a run, as PNG files (matplotlib, from the optional "plots" extra).
 
-Curves of loss / accuracy / learning rate, the confusion matrix, a grid of test images with
-their predictions (mistakes first), and the first conv layer's filters with the feature maps
-they make of one image (the article's "feature map creation", shown on the trained model).
-:func:`run_plots` draws all of them for an evaluated run.
+Curves of loss, accuracy and the learning rate as the batches had it (titled with the run and
+its best epoch); the confusion matrix normalised per true class, its errors on their own
+colour scale and the largest confusions in the title; a grid of test images with their
+predictions (mistakes first); and the feature maps of one image through the network, each row
+labelled with the layers that made it and its shape (the article's "feature map creation", on
+the trained model). :func:`run_plots` draws all of them for an evaluated run.
+
+This module knows nothing of how a run is evaluated (gpucnn.train.recipe calls it, never the
+other way round): :class:`EvaluatedRun` names what the pictures need.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from gpucnn.backend import to_host
 
-if TYPE_CHECKING:
-    from gpucnn.train.recipe import Evaluation
+
+class EvaluatedRun(Protocol):
+    """What the pictures of an evaluated run need (gpucnn.train.recipe.Evaluation has it)."""
+
+    metrics: dict[str, Any]  # its "confusion_matrix" (K, K) counts
+    model: Any  # the evaluated nn.Module, in eval mode, on the host
+    images: np.ndarray  # uint8 (N, H, W)
+    labels: np.ndarray
+    predictions: np.ndarray
+    classes: list[str]
+    mean: float
+    std: float
+    best_epoch: int | None
 
 
 def unavailable() -> str | None:
@@ -29,7 +46,10 @@ def unavailable() -> str | None:
 
 
 def run_plots(
-    folder: str | Path, history: dict[str, list] | None, evaluation: Evaluation
+    folder: str | Path,
+    history: dict[str, list] | None,
+    evaluation: EvaluatedRun,
+    run_name: str | None = None,
 ) -> list[Path]:
     """Every picture of an evaluated run, in ``folder``: curves.png (when there is a
     history), confusion_matrix.png, predictions.png and feature_maps.png.
@@ -37,27 +57,28 @@ def run_plots(
     Args:
         folder: where the PNG files go (made if missing).
         history: the Trainer's per-epoch history, or None.
-        evaluation: what gpucnn.train.recipe.evaluate_checkpoint returned.
+        evaluation: the evaluated run (e.g. what gpucnn.train.recipe.evaluate_checkpoint
+            returned).
+        run_name: the run's name, for the titles.
 
     Returns:
         The files written.
     """
-    from gpucnn import data, nn
+    from gpucnn import data
 
     folder = Path(folder)
     ev = evaluation
     files = []
     if history and history.get("epoch"):
-        files.append(curves(history, folder / "curves.png", best_epoch=ev.best_epoch))
+        files.append(curves(history, folder / "curves.png", ev.best_epoch, run_name))
     cm = np.array(ev.metrics["confusion_matrix"])
-    files.append(confusion(cm, ev.classes, folder / "confusion_matrix.png"))
+    files.append(confusion(cm, ev.classes, folder / "confusion_matrix.png", run_name))
     files.append(
         predictions(ev.images, ev.labels, ev.predictions, ev.classes, folder / "predictions.png")
     )
-    first_conv = next((m for _, m in ev.model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if first_conv is not None:
-        x = data.normalize(ev.images[:1], ev.mean, ev.std)
-        files.append(filters_and_maps(first_conv, ev.images[0], x, folder / "feature_maps.png"))
+    x = data.normalize(ev.images[:1], ev.mean, ev.std)
+    if feature_stages(ev.model, x):
+        files.append(feature_maps(ev.model, ev.images[0], x, folder / "feature_maps.png"))
     return files
 
 
@@ -74,64 +95,185 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
     _pyplot().close(fig)
     return path
 
 
-def curves(history: dict[str, list], path: str | Path, best_epoch: int | None = None) -> Path:
-    """Loss, accuracy and learning rate per epoch; ``best_epoch`` (the one whose weights the
-    best checkpoint holds) is marked on each panel."""
+# -- curves --------------------------------------------------------------------------------
+def lr_points(history: dict[str, list]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(x in epochs, lr, how) to draw the learning rate the batches trained with; ``how`` is
+    "per step", "per epoch" or "at each epoch's start" (a history without lr_end).
+
+    Per step from ``step_lr`` when it holds every step of every epoch (step s of a run of S
+    steps per epoch at x = (s + 1) / S, so an epoch's last step meets its loss and accuracy
+    points); else each epoch from its first batch's lr (x = epoch - 1) to its last's
+    (``lr_end``; x = epoch), e.g. for a history written before step_lr was recorded.
+    """
+    epochs = len(history["epoch"])
+    steps = history.get("step_lr") or []
+    if steps and len(steps) % epochs == 0:
+        per_epoch = len(steps) // epochs
+        return (np.arange(len(steps)) + 1) / per_epoch, np.asarray(steps, float), "per step"
+    start = np.asarray(history["lr"], float)
+    end = np.asarray(history.get("lr_end") or [math.nan] * epochs, float)
+    how = "per epoch" if np.isfinite(end).any() else "at each epoch's start"
+    end = np.where(np.isfinite(end), end, start)
+    x = np.stack([np.arange(epochs), np.arange(epochs) + 1], axis=1).ravel()
+    return x.astype(float), np.stack([start, end], axis=1).ravel(), how
+
+
+def _lr_axis(ax: Any, values: np.ndarray) -> None:
+    """Log scale with one labelled tick per decade when the lr spans more than a decade (a
+    one-cycle or decayed run), else linear with a few short labels from 0."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size and positive.max() / positive.min() > 10:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, numticks=12))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}".replace("e-0", "e-")))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_ylim(0, 1.15 * (positive.max() if positive.size else 1.0))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+
+
+def _best_summary(history: dict[str, list], best_epoch: int | None) -> str:
+    if not best_epoch or best_epoch > len(history["epoch"]):
+        return "no best epoch recorded"
+    i = best_epoch - 1
+    parts = [f"best epoch {best_epoch} of {len(history['epoch'])}"]
+    for key, fmt in (("val_accuracy", "{:.2%}"), ("val_loss", "{:.4f}")):
+        value = history.get(key, [math.nan] * (i + 1))[i]
+        if value is not None and math.isfinite(value):
+            parts.append(f"{key} {fmt.format(value)}")
+    return ", ".join(parts)
+
+
+def curves(
+    history: dict[str, list],
+    path: str | Path,
+    best_epoch: int | None = None,
+    run_name: str | None = None,
+) -> Path:
+    """:func:`curves_figure`, written to ``path`` (PNG); returns the path."""
+    return _save(curves_figure(history, best_epoch, run_name), Path(path))
+
+
+def curves_figure(
+    history: dict[str, list], best_epoch: int | None = None, run_name: str | None = None
+) -> Any:
+    """Loss, accuracy and learning rate by epoch, titled with the run's name and its best
+    epoch (the one whose weights the best checkpoint holds), which each panel marks.
+
+    The learning rate is the one the batches trained with, per step when the history has
+    ``step_lr`` (so a one-cycle run shows its rise and fall; see :func:`lr_points`), on a log
+    scale with a labelled tick per decade when it spans more than a decade.
+
+    Returns:
+        The matplotlib Figure (three Axes: loss, accuracy, learning rate).
+    """
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     epochs = history["epoch"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     for split, style in (("train", "-o"), ("val", "-s")):
-        if any(v == v for v in history.get(f"{split}_loss", [])):
-            axes[0].plot(epochs, history[f"{split}_loss"], style, label=split, ms=3)
+        losses = history.get(f"{split}_loss", [])
+        if any(v is not None and math.isfinite(v) for v in losses):
+            axes[0].plot(epochs, losses, style, label=split, ms=3)
             axes[1].plot(epochs, history[f"{split}_accuracy"], style, label=split, ms=3)
-    axes[2].plot(epochs, history["lr"], "-o", ms=3)
-    axes[2].set_yscale("log")
-    for ax, title in zip(axes, ("loss", "accuracy", "learning rate"), strict=True):
+    x, lr, how = lr_points(history)
+    finite = lr[np.isfinite(lr)]
+    path_of_lr = "constant" if finite.size and finite.min() == finite.max() else ""
+    if finite.size and not path_of_lr:
+        peak = f" → max {finite.max():.2g}" if finite.max() > max(finite[0], finite[-1]) else ""
+        path_of_lr = f"{finite[0]:.2g}{peak} → {finite[-1]:.2g}"
+    axes[2].plot(x, lr, "-", color="tab:purple", lw=1.6, label=f"lr {path_of_lr}".strip())
+    _lr_axis(axes[2], lr)
+    axes[1].yaxis.set_major_formatter(PercentFormatter(1.0))
+    titles = ("loss", "accuracy", f"learning rate ({how})")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         if best_epoch:
             ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best ({best_epoch})")
-    axes[0].legend()
-    axes[1].legend()
-    return _save(fig, Path(path))
+    for ax in axes:
+        ax.legend(fontsize=9)
+    fig.suptitle(f"{run_name or 'training run'}: {_best_summary(history, best_epoch)}")
+    return fig
 
 
-def confusion(cm: np.ndarray, classes: list[str], path: str | Path) -> Path:
-    """The confusion matrix, true class by row, predicted class by column."""
+# -- confusion matrix ----------------------------------------------------------------------
+def top_confusions(cm: np.ndarray, classes: list[str], n: int = 3) -> list[tuple[str, str, int]]:
+    """The ``n`` largest off-diagonal counts as (true class, predicted class, count), largest
+    first (ties in row-major order); zeros are not confusions."""
+    off = np.array(cm, dtype=np.int64, copy=True)
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:n]
+    pairs = [np.unravel_index(i, off.shape) for i in order]
+    return [(classes[i], classes[j], int(off[i, j])) for i, j in pairs if off[i, j] > 0]
+
+
+def confusion(
+    cm: np.ndarray, classes: list[str], path: str | Path, run_name: str | None = None
+) -> Path:
+    """:func:`confusion_figure`, written to ``path`` (PNG); returns the path."""
+    return _save(confusion_figure(cm, classes, run_name), Path(path))
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], run_name: str | None = None) -> Any:
+    """The confusion matrix, true class by row, predicted class by column, each row normalised
+    by its class's count: the errors (off the diagonal) coloured on their own scale, up to the
+    largest error share, so they stand out rather than vanish beside the diagonal; every
+    non-zero count written in its cell, the diagonal's with its recall; the accuracy and the
+    largest confusions in the title."""
     plt = _pyplot()
-    cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    im = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(im, ax=ax)
-    ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=45, ha="right")
-    ax.set_yticks(ticks, classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(
-                j,
-                i,
-                str(cm[i, j]),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if cm[i, j] > cm.max() / 2 else "black",
-            )
-    ax.set_title("confusion matrix")
-    return _save(fig, Path(path))
+    from matplotlib.ticker import PercentFormatter
+
+    cm = np.asarray(cm, dtype=np.int64)
+    k = len(cm)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    diagonal = np.eye(k, dtype=bool)
+    errors = np.ma.masked_where(diagonal, share)
+    top = float(errors.max()) if errors.count() and errors.max() > 0 else 1.0
+    side = min(4.0 + 0.55 * k, 14.0)
+    fig, ax = plt.subplots(figsize=(side + 1.6, side), layout="constrained")
+    im = ax.imshow(errors, cmap="Reds", vmin=0, vmax=top)
+    ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Greys", vmin=0, vmax=4)  # light
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format=PercentFormatter(1.0, 1))
+    bar.set_label("share of the true class predicted as the column (errors)")
+    size = 10 if k <= 12 else 7
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j] == 0 and i != j:
+                continue
+            if i == j:  # the count and the class's recall, on a light grey
+                ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%}", ha="center", va="center",
+                        fontsize=size - 1.5)  # fmt: skip
+                continue
+            dark = share[i, j] > 0.55 * top
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=size,
+                    fontweight="bold", color="white" if dark else "black")  # fmt: skip
+    slant = max(len(c) for c in classes) > 3  # long names (Fashion-MNIST's) slant; digits not
+    ax.set_xticks(range(k), classes, rotation=30 if slant else 0, ha="right" if slant else "center")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total, right = int(cm.sum()), int(np.trace(cm))
+    head = f"{run_name + ': ' if run_name else ''}accuracy {right / max(total, 1):.2%}"
+    head += f", {total - right} errors in {total} images"
+    worst = top_confusions(cm, classes)
+    tail = ", ".join(f"{t} as {p} ({n})" for t, p, n in worst) if worst else "no mistakes"
+    ax.set_title(f"{head}\nmost confused (true as predicted): {tail}", fontsize=11)
+    return fig
 
 
+# -- predictions ---------------------------------------------------------------------------
 def mistakes_first(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:
     """Indices of ``n`` images to show: every mistake first, then correct ones, each group in
     dataset order."""
@@ -155,7 +297,9 @@ def predictions(
     wrong = np.flatnonzero(preds != labels)
     cols = 8
     rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5 + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * 1.3, rows * 1.45 + 0.3), squeeze=False, layout="constrained"
+    )
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k >= len(shown):
@@ -175,38 +319,129 @@ def predictions(
     return _save(fig, Path(path))
 
 
-def filters_and_maps(conv: Any, image: np.ndarray, x: np.ndarray, path: str | Path) -> Path:
-    """The first conv layer's filters and the feature maps each makes of one image.
+# -- feature maps --------------------------------------------------------------------------
+def _describe_layer(layer: Any) -> str:
+    from gpucnn import nn
+
+    if isinstance(layer, nn.Conv2d):
+        k, st = layer.kernel_size, layer.stride
+        text = f"Conv2d {layer.weight.shape[1]}→{layer.weight.shape[0]} {k}×{k}"
+        return text + (f" stride {st}" if st != 1 else "")
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+        return f"{type(layer).__name__} {layer.kernel_size}×{layer.kernel_size}"
+    if any(isinstance(m, nn.Residual) for _, m in layer.named_modules()):
+        return "residual block"
+    return type(layer).__name__
+
+
+def feature_stages(model: Any, x: np.ndarray, limit: int = 6) -> list[tuple[str, np.ndarray]]:
+    """The feature maps of one image through the network: (label, maps (C, H, W)) per stage.
+
+    A stage is a convolution with the BatchNorm, ReLU and Dropout right after it, a pooling
+    layer, or a block (a residual block): for an nn.Sequential, each of its layers in turn
+    until the maps stop being 4-D (Flatten, global pooling). The label names the layers (their
+    index in the Sequential) and the maps' shape. More than ``limit`` stages: the first, the
+    last and evenly spaced ones between. A model that is not a Sequential: its first Conv2d.
+    """
+    from gpucnn import nn
+
+    if not isinstance(model, nn.Sequential):
+        conv = next((m for _, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+        return [] if conv is None else [(_describe_layer(conv), to_host(conv(x))[0])]
+    stages: list[tuple[str, np.ndarray]] = []
+    open_conv: list[Any] | None = None  # [first index, last index, description, maps]
+
+    def close() -> None:
+        if open_conv is not None:
+            first, last, text, maps = open_conv
+            where = f"layer {first}" if first == last else f"layers {first}-{last}"
+            stages.append((f"{where}: {text} → {tuple(maps.shape)}", maps))
+
+    for i, layer in enumerate(model.children()):
+        x = layer(x)
+        if x.ndim != 4:
+            break
+        maps = to_host(x)[0]
+        if open_conv is not None and isinstance(layer, (nn.BatchNorm2d, nn.ReLU, nn.Dropout)):
+            extra = {nn.BatchNorm2d: " + BatchNorm", nn.ReLU: " + ReLU"}.get(type(layer), "")
+            open_conv = [open_conv[0], i, open_conv[2] + extra, maps]
+            continue
+        close()
+        open_conv = None
+        if isinstance(layer, nn.Conv2d):
+            open_conv = [i, i, _describe_layer(layer), maps]
+        elif not isinstance(layer, (nn.BatchNorm2d, nn.ReLU, nn.Dropout)):
+            stages.append((f"layer {i}: {_describe_layer(layer)} → {tuple(maps.shape)}", maps))
+    close()
+    if len(stages) > limit:
+        keep = sorted(set(np.linspace(0, len(stages) - 1, limit).round().astype(int)))
+        stages = [stages[i] for i in keep]
+    return stages
+
+
+def feature_maps(
+    model: Any, image: np.ndarray, x: np.ndarray, path: str | Path, per_row: int = 8
+) -> Path:
+    """:func:`feature_maps_figure`, written to ``path`` (PNG); returns the path."""
+    return _save(feature_maps_figure(model, image, x, per_row), Path(path))
+
+
+def feature_maps_figure(model: Any, image: np.ndarray, x: np.ndarray, per_row: int = 8) -> Any:
+    """One image through the trained network: the input and the first convolution's filters
+    on top, then a row per stage (:func:`feature_stages`), each titled with its layers and the
+    maps' shape and showing its ``per_row`` most active channels (largest mean), on one colour
+    scale per row.
 
     Args:
-        conv: the trained nn.Conv2d.
+        model: the trained network, in eval mode, on the host.
         image: the raw image (H, W) to show.
         x: the same image normalised, shaped (1, C, H, W) as the model takes it.
+        per_row: the maps (and filters) shown per row.
+
+    Returns:
+        The matplotlib Figure: a SubFigure per row (its suptitle the row's label).
     """
+    from gpucnn import nn
+
     plt = _pyplot()
-    w = to_host(conv.weight.data)[:, 0]  # (F, k, k), first input channel
-    maps = to_host(conv(x))[0]  # (F, OH, OW)
-    f = min(len(w), 16)
-    fig, axes = plt.subplots(3, f, figsize=(f * 1.1 + 1.2, 3.8), squeeze=False)
-    wmax = float(abs(w).max()) or 1.0
-    mmax = float(abs(maps[:f]).max()) or 1.0
-    shown = []
-    for i in range(f):
-        shown.append(axes[0, i].imshow(w[i], cmap="bwr", vmin=-wmax, vmax=wmax))
-        shown.append(axes[1, i].imshow(maps[i], cmap="bwr", vmin=-mmax, vmax=mmax))
-        shown.append(axes[2, i].imshow(np.maximum(maps[i], 0), cmap="viridis", vmin=0, vmax=mmax))
-        for r in range(3):
-            axes[r, i].axis("off")
-    axes[0, 0].set_title("filters", fontsize=8, loc="left")
-    axes[1, 0].set_title("feature maps", fontsize=8, loc="left")
-    axes[2, 0].set_title("after ReLU", fontsize=8, loc="left")
-    for r in range(3):  # one colour scale per row, shared by its panels
-        fig.colorbar(shown[r], ax=list(axes[r]), fraction=0.02, pad=0.01)
-    inset = fig.add_axes([0.95, 0.35, 0.08, 0.3])
-    inset.imshow(image, cmap="gray")
-    inset.axis("off")
-    inset.set_title("input", fontsize=8)
-    return _save(fig, Path(path))
+    stages = feature_stages(model, x)
+    conv = next((m for _, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    fig = plt.figure(figsize=(1.25 * per_row + 1.8, 1.55 * (len(stages) + 1)), layout="constrained")
+    rows = fig.subfigures(len(stages) + 1, 1, hspace=0.02)
+    top_left, top_right = rows[0].subfigures(1, 2, width_ratios=[1.2, per_row], wspace=0.02)
+    ax = top_left.subplots()
+    ax.imshow(image, cmap="gray")
+    ax.set_axis_off()
+    top_left.suptitle(f"input {tuple(np.shape(image))}", fontsize=9)
+    if conv is not None:
+        w = to_host(conv.weight.data)[:, 0]  # (F, k, k), the first input channel
+        shown = min(len(w), per_row)
+        vmax = float(np.abs(w[:shown]).max()) or 1.0
+        axes = top_right.subplots(1, per_row, squeeze=False)[0]
+        for f, ax in enumerate(axes):
+            ax.set_axis_off()
+            if f < shown:
+                im = ax.imshow(w[f], cmap="bwr", vmin=-vmax, vmax=vmax)
+        top_right.colorbar(im, ax=list(axes), shrink=0.8, pad=0.01)
+        top_right.suptitle(
+            f"filters of the first conv, {_describe_layer(conv)}: {shown} of {len(w)}",
+            fontsize=9,
+        )
+    for row, (label, maps) in zip(rows[1:], stages, strict=True):
+        order = np.argsort(-maps.reshape(len(maps), -1).mean(axis=1), kind="stable")[:per_row]
+        signed = bool((maps < 0).any())
+        vmax = float(np.abs(maps[order]).max()) or 1.0
+        cmap, vmin = ("bwr", -vmax) if signed else ("magma", 0.0)
+        axes = row.subplots(1, per_row, squeeze=False)[0]
+        for c, ax in enumerate(axes):
+            ax.set_axis_off()
+            if c < len(order):
+                im = ax.imshow(maps[order[c]], cmap=cmap, vmin=vmin, vmax=vmax)
+                ax.set_title(f"ch {order[c]}", fontsize=7, pad=2)
+        row.colorbar(im, ax=list(axes), shrink=0.8, pad=0.01)
+        most = f"{len(order)} most active of {len(maps)} channels"
+        row.suptitle(f"{label}  ({most})", fontsize=9.5, x=0.01, ha="left")
+    return fig
 
 
 def sweep_curves(histories: dict[str, dict[str, list]], path: str | Path) -> Path:

@@ -279,7 +279,7 @@ def evaluate_run(
     elif draw:
         history_path = run_dir / "history.json"
         history = json.loads(history_path.read_text()) if history_path.exists() else None
-        files = plots.run_plots(run_dir / "plots", history, ev)
+        files = plots.run_plots(run_dir / "plots", history, ev, run_name=run_dir.name)
     metrics = {**ev.metrics, "checkpoint": str(checkpoint), "plots": [str(f) for f in files]}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
