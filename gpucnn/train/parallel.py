@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import Backend
+from gpucnn.backend.cpu import threads
+from gpucnn.backend.cpu.threads import cores
 from gpucnn.nn import BatchNorm2d, Module
 from gpucnn.train.sharded import Exchange, batchnorms, dropouts, shard_layers
 
@@ -53,14 +54,6 @@ def unsupported(model: Module) -> str | None:
         if m._buffers and not isinstance(m, BatchNorm2d):
             return f"{name or type(m).__name__} keeps buffers that shards cannot share"
     return None
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def default_workers() -> int:
@@ -180,7 +173,8 @@ class DataParallel:
         self._sync(shards, bounds)
         rows = [slice(bounds[s], bounds[s + 1]) for s in range(shards)]
         weights = [(bounds[s + 1] - bounds[s]) / n for s in range(shards)]
-        with self._blas.limit(limits=self._blas_threads, user_api="blas"):
+        # each shard has its core: BLAS gets what is left over, the kernels split nothing
+        with self._blas.limit(limits=self._blas_threads, user_api="blas"), threads.limit(1):
             futures = [
                 self._pool.submit(self._run, s, x[rows[s]], y[rows[s]], weights[s])
                 for s in range(1, shards)

@@ -27,7 +27,7 @@ def test_im2col_same_padding_path_matches_general_kernel(n, c, h, w, k, pad, pad
     x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32)
     assert window._same(x.shape, k, 1, pad)
     ref = np.empty((c * k * k, n * h * w), np.float32)
-    window._im2col(x, k, 1, pad, np.float32(pad_value), ref)
+    window._im2col(x, k, 1, pad, np.float32(pad_value), ref, 0, n)
     np.testing.assert_array_equal(window.im2col(x, k, 1, pad, pad_value), ref)
 
 
@@ -35,7 +35,7 @@ def test_im2col_same_padding_path_matches_general_kernel(n, c, h, w, k, pad, pad
 def test_col2im_same_padding_path_matches_general_kernel(n, c, h, w, k, pad):
     cols = np.random.default_rng(1).standard_normal((c * k * k, n * h * w))
     ref = np.zeros((n, c, h, w))
-    window._col2im(cols, k, 1, pad, ref)
+    window._col2im(cols, k, 1, pad, ref, 0, n)
     kept = cols.copy()
     np.testing.assert_allclose(window.col2im(cols, (n, c, h, w), k, 1, pad), ref, rtol=1e-12)
     np.testing.assert_array_equal(cols, kept)  # without overwrite_cols, cols is left alone
@@ -58,7 +58,7 @@ def test_maxpool_2x2_path_matches_general_kernel(shape, dtype):
     planes = x.reshape(n * c, h, w)
     y_ref = np.empty((n * c, h // 2, w // 2), dtype)
     arg_ref = np.empty(y_ref.shape, np.int32)
-    pool._maxpool_fwd(planes, 2, 2, 0, y_ref, arg_ref)
+    pool._maxpool_fwd(planes, 2, 2, 0, y_ref, arg_ref, 0, len(planes))
     y, arg = pool.maxpool2d_fwd(x, 2, 2, 0)
     np.testing.assert_array_equal(y.reshape(y_ref.shape), y_ref)  # NaNs compare equal here
     np.testing.assert_array_equal(arg.reshape(arg_ref.shape), arg_ref)

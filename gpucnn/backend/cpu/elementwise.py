@@ -2,6 +2,10 @@
 in cuda/elementwise.py). The per-element rules are gpucnn.backend.formulas, compiled here by
 numba.njit and there by numba.cuda, so the two devices compute the same thing, dropout masks
 included.
+
+Each kernel runs over a range [lo, hi) of its elements (rows, for the loss), so
+gpucnn.backend.cpu.threads can split it over the cores; ranges below threads.GRAIN elements are not
+worth a hand-off to another thread.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import numba
 import numpy as np
 
 from gpucnn.backend import formulas
+from gpucnn.backend.cpu import threads
 
 _relu = numba.njit(inline="always", error_model="numpy")(formulas.relu_element)
 _relu_grad = numba.njit(inline="always", error_model="numpy")(formulas.relu_grad_element)
@@ -21,31 +26,31 @@ _xent_row = numba.njit(inline="always", error_model="numpy")(formulas.softmax_xe
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _relu_fwd(x, y):  # pragma: no cover - compiled
+def _relu_fwd(x, y, lo, hi):  # pragma: no cover - compiled
     zero = x.dtype.type(0)
-    for e in range(x.size):
+    for e in range(lo, hi):
         y[e] = _relu(x[e], zero)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _relu_bwd(dy, y, dx):  # pragma: no cover - compiled
+def _relu_bwd(dy, y, dx, lo, hi):  # pragma: no cover - compiled
     zero = dy.dtype.type(0)
-    for e in range(dy.size):
+    for e in range(lo, hi):
         dx[e] = _relu_grad(dy[e], y[e], zero)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _dropout(x, key, start, threshold, scale, out):  # pragma: no cover - compiled
+def _dropout(x, key, start, threshold, scale, out, lo, hi):  # pragma: no cover - compiled
     zero = x.dtype.type(0)
-    for e in range(x.size):
+    for e in range(lo, hi):
         out[e] = _dropout_element(x[e], _draw(key, start + e), threshold, scale, zero)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _dropout_state(x, state, start, threshold, scale, out):  # pragma: no cover - compiled
+def _dropout_state(x, state, start, threshold, scale, out, lo, hi):  # pragma: no cover
     key = _step_key(state[formulas.DROPOUT_SEED], state[formulas.DROPOUT_STEP])
     zero = x.dtype.type(0)
-    for e in range(x.size):
+    for e in range(lo, hi):
         out[e] = _dropout_element(x[e], _draw(key, start + e), threshold, scale, zero)
 
 
@@ -55,8 +60,8 @@ def _dropout_advance(state):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _xent(logits, labels, scale, one, nan, losses, grad):  # pragma: no cover - compiled
-    for r in range(logits.shape[0]):
+def _xent(logits, labels, scale, one, nan, losses, grad, lo, hi):  # pragma: no cover
+    for r in range(lo, hi):
         losses[r] = _xent_row(logits[r], labels[r], scale, one, nan, grad[r])
 
 
@@ -67,14 +72,14 @@ def _flat(x: np.ndarray) -> np.ndarray:
 def relu_fwd(x: np.ndarray) -> np.ndarray:
     """y = max(x, 0), NaN kept. Shape: any -> same."""
     y = np.empty(x.shape, x.dtype)
-    _relu_fwd(_flat(x), y.reshape(-1))
+    threads.split(_relu_fwd, y.size, _flat(x), y.reshape(-1), grain=threads.GRAIN)
     return y
 
 
 def relu_bwd(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """dx = dy where y > 0, else 0. Shape: any -> same."""
     dx = np.empty(dy.shape, dy.dtype)
-    _relu_bwd(_flat(dy), _flat(y), dx.reshape(-1))
+    threads.split(_relu_bwd, dx.size, _flat(dy), _flat(y), dx.reshape(-1), grain=threads.GRAIN)
     return dx
 
 
@@ -83,7 +88,8 @@ def dropout_fwd(x: np.ndarray, p: float, key: int, start: int = 0) -> np.ndarray
     ``start``. Shape: any -> same."""
     threshold, scale = formulas.dropout_constants(p)
     out = np.empty(x.shape, x.dtype)
-    _dropout(_flat(x), np.uint64(key), start, threshold, x.dtype.type(scale), out.reshape(-1))
+    args = (_flat(x), np.uint64(key), start, threshold, x.dtype.type(scale), out.reshape(-1))
+    threads.split(_dropout, out.size, *args, grain=threads.GRAIN)
     return out
 
 
@@ -99,7 +105,8 @@ def dropout_fwd_state(x: np.ndarray, p: float, state: np.ndarray, start: int = 0
     formulas.check_state("dropout_fwd_state", state, np.uint64, 2)
     threshold, scale = formulas.dropout_constants(p)
     out = np.empty(x.shape, x.dtype)
-    _dropout_state(_flat(x), state, start, threshold, x.dtype.type(scale), out.reshape(-1))
+    args = (_flat(x), state, start, threshold, x.dtype.type(scale), out.reshape(-1))
+    threads.split(_dropout_state, out.size, *args, grain=threads.GRAIN)
     return out
 
 
@@ -123,13 +130,6 @@ def softmax_xent_fwd(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     dt = logits.dtype.type
     losses = np.empty(n, logits.dtype)
     grad = np.empty(logits.shape, logits.dtype)
-    _xent(
-        np.ascontiguousarray(logits),
-        labels.astype(np.int64),
-        dt(1 / n),
-        dt(1),
-        dt(np.nan),
-        losses,
-        grad,
-    )
+    args = (np.ascontiguousarray(logits), labels.astype(np.int64), dt(1 / n), dt(1), dt(np.nan))
+    threads.split(_xent, n, *args, losses, grad, grain=threads.grain(logits.shape[1]))
     return losses.mean(dtype=logits.dtype), grad

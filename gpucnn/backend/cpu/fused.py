@@ -17,10 +17,11 @@ column that floor division leaves out of every window), and db[f] = sum of g ove
 The values of y and arg, and of dY2, are those of the unfused layers, bit for bit; db is the
 same sum in another order (accumulated in float64 here).
 
-Serial loops, like the pooling kernels (see pool.py): OpenBLAS keeps the cores busy in the
-GEMMs. Both kernels use selects, not branches (pool.py says why): the forward picks the
-winner as pool.py's 2×2 kernel does; the backward places g by the argmax's two bits (measured
-on the seed model's conv1 output at batch 32: 2.4 ms with a compare per position, 0.65 ms so).
+Both loop over a range of the filters, which gpucnn.backend.cpu.threads splits over the cores
+(each filter's db is its own sum, so the bits do not depend on the split). Both use selects,
+not branches (pool.py says why): the forward picks the winner as pool.py's 2×2 kernel does;
+the backward places g by the argmax's two bits (measured on the seed model's conv1 output at
+batch 32: 2.4 ms with a compare per position, 0.65 ms so).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numba
 import numpy as np
 
 from gpucnn.backend import formulas
+from gpucnn.backend.cpu import threads
 
 _max4 = numba.njit(inline="always", error_model="numpy")(formulas.max4_element)
 _relu = numba.njit(inline="always", error_model="numpy")(formulas.relu_element)
@@ -36,11 +38,11 @@ _relu_grad = numba.njit(inline="always", error_model="numpy")(formulas.relu_grad
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _conv_relu_pool_fwd(yt, b, y, arg):  # pragma: no cover - compiled
-    nf, nn, _, _ = yt.shape
+def _conv_relu_pool_fwd(yt, b, y, arg, f0, f1):  # pragma: no cover - compiled
+    _, nn, _, _ = yt.shape
     _, _, ph, pw = y.shape
     zero = yt.dtype.type(0)
-    for f in range(nf):
+    for f in range(f0, f1):
         bf = b[f]
         for n in range(nn):
             src = yt[f, n]
@@ -60,11 +62,11 @@ def _conv_relu_pool_fwd(yt, b, y, arg):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _conv_relu_pool_bwd(dy, arg, y, dy2, db):  # pragma: no cover - compiled
-    nf, nn, oh, ow = dy2.shape
+def _conv_relu_pool_bwd(dy, arg, y, dy2, db, f0, f1):  # pragma: no cover - compiled
+    _, nn, oh, ow = dy2.shape
     _, _, ph, pw = dy.shape
     zero = dy.dtype.type(0)
-    for f in range(nf):
+    for f in range(f0, f1):
         acc = 0.0  # float64
         for n in range(nn):
             g_in = dy[n, f]
@@ -92,7 +94,7 @@ def _conv_relu_pool_bwd(dy, arg, y, dy2, db):  # pragma: no cover - compiled
         db[f] = acc
     # the last column and row that floor division leaves out of every window (apart from the
     # loops above: inside them, these tests made the loop 2-3x slower)
-    for f in range(nf):
+    for f in range(f0, f1):
         for n in range(nn):
             dst = dy2[f, n]
             if ow > 2 * pw:
@@ -124,7 +126,8 @@ def conv_relu_pool2x2_fwd(yt: np.ndarray, b: np.ndarray | None) -> tuple[np.ndar
         )
     y = np.empty((nn, nf, oh // 2, ow // 2), dtype=yt.dtype)
     arg = np.empty(y.shape, dtype=np.int32)
-    _conv_relu_pool_fwd(np.ascontiguousarray(yt), b, y, arg)
+    grain = threads.grain(yt[0].size)  # filters per thread, at least
+    threads.split(_conv_relu_pool_fwd, nf, np.ascontiguousarray(yt), b, y, arg, grain=grain)
     return y, arg
 
 
@@ -147,7 +150,7 @@ def conv_relu_pool2x2_bwd(
         )
     dy2 = np.empty((nf, nn, oh, ow), dtype=dy.dtype)
     db = np.empty(nf, dtype=dy.dtype)
-    _conv_relu_pool_bwd(
-        np.ascontiguousarray(dy), np.ascontiguousarray(arg), np.ascontiguousarray(y), dy2, db
-    )
+    c = np.ascontiguousarray
+    grain = threads.grain(dy2[0].size)  # filters per thread, at least
+    threads.split(_conv_relu_pool_bwd, nf, c(dy), c(arg), c(y), dy2, db, grain=grain)
     return dy2.reshape(nf, nn * oh * ow), db

@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from gpucnn.backend import formulas
+from gpucnn.backend.cpu import threads
 
 _adam_element = numba.njit(inline="always", error_model="numpy")(formulas.adam_element)
 _sgd_element = numba.njit(inline="always", error_model="numpy")(formulas.sgd_element)
@@ -24,9 +25,9 @@ _advance = numba.njit(inline="always", error_model="numpy")(formulas.optim_advan
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adam(
-    w, g, m, v, vmax, amsgrad, step_size, b1c, b2, b2c, sqrt_bc2, eps, wd
+    w, g, m, v, vmax, amsgrad, step_size, b1c, b2, b2c, sqrt_bc2, eps, wd, lo, hi
 ):  # pragma: no cover
-    for e in range(w.size):
+    for e in range(lo, hi):
         vm = vmax[e] if amsgrad else v[e]  # without amsgrad, vmax is a 1-element stand-in
         w[e], m[e], v[e], vm = _adam_element(
             w[e], g[e], m[e], v[e], vm, amsgrad, step_size, b1c, b2, b2c, sqrt_bc2, eps, wd
@@ -36,8 +37,8 @@ def _adam(
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _sgd(w, g, buf, first, lr, momentum, damp_c, wd, nesterov):  # pragma: no cover - compiled
-    for e in range(w.size):
+def _sgd(w, g, buf, first, lr, momentum, damp_c, wd, nesterov, lo, hi):  # pragma: no cover
+    for e in range(lo, hi):
         b = buf[e] if momentum != 0 else g[e]  # without momentum, buf is a 1-element stand-in
         w[e], b = _sgd_element(w[e], g[e], b, first, lr, momentum, damp_c, wd, nesterov)
         if momentum != 0:
@@ -62,7 +63,7 @@ def adam_update(w, g, m, v, vmax, *, step_size, beta1, beta2, bias_correction2, 
     )
     stand_in = np.empty(1, dtype=w.dtype)  # never read or written
     flat = [a.reshape(-1) for a in (w, g, m, v, vmax if amsgrad else stand_in)]
-    _adam(*flat, amsgrad, *consts)
+    threads.split(_adam, w.size, *flat, amsgrad, *consts, grain=threads.GRAIN)
 
 
 def sgd_update(w, g, buf, *, first, lr, momentum, dampening, weight_decay, nesterov):
@@ -72,7 +73,7 @@ def sgd_update(w, g, buf, *, first, lr, momentum, dampening, weight_decay, neste
     consts = formulas.sgd_constants(w.dtype, lr, momentum, dampening, weight_decay)
     stand_in = np.empty(1, dtype=w.dtype)  # never read or written
     flat = [a.reshape(-1) for a in (w, g, buf if buf is not None else stand_in)]
-    _sgd(*flat, first, *consts, nesterov)
+    threads.split(_sgd, w.size, *flat, first, *consts, nesterov, grain=threads.GRAIN)
 
 
 def optim_state_advance(state):
@@ -91,7 +92,8 @@ def adam_update_state(w, g, m, v, vmax, state):
     formulas.check_state("adam_update_state", state, np.float64, formulas.STATE_SIZE)
     c = formulas.step_constants(state, w.dtype)
     flat = [a.reshape(-1) for a in (w, g, m, v, vmax if amsgrad else g)]  # g: never read there
-    _adam(*flat, amsgrad, *c[formulas.K_STEP_SIZE : formulas.K_WD + 1])
+    consts = c[formulas.K_STEP_SIZE : formulas.K_WD + 1]
+    threads.split(_adam, w.size, *flat, amsgrad, *consts, grain=threads.GRAIN)
 
 
 def sgd_update_state(w, g, buf, state):
@@ -103,8 +105,7 @@ def sgd_update_state(w, g, buf, state):
     zero = w.dtype.type(0)
     momentum = c[formulas.K_MOMENTUM] if buf is not None else zero
     flat = [a.reshape(-1) for a in (w, g, buf if buf is not None else g)]  # g: never written
-    _sgd(
-        *flat,
+    consts = (
         bool(c[formulas.K_FIRST] != zero),
         c[formulas.K_LR],
         momentum,
@@ -112,3 +113,4 @@ def sgd_update_state(w, g, buf, state):
         c[formulas.K_WD],
         bool(c[formulas.K_NESTEROV] != zero),
     )
+    threads.split(_sgd, w.size, *flat, *consts, grain=threads.GRAIN)

@@ -1,8 +1,9 @@
 """Pooling windows on the CPU: direct Numba loops over the N*C planes.
 
-The kernels are serial on purpose: OpenBLAS already keeps every core busy during the GEMMs,
-and a second spinning thread pool (Numba's) next to it made a training step slower, not
-faster (measured: 524 vs 957 images/s for the seed model on 2 cores).
+Each kernel loops over a range of the N*C planes, and gpucnn.backend.cpu.threads splits the
+planes over the cores. Not with Numba's own thread pool: next to OpenBLAS's it spun and made a
+training step slower, not faster (measured: 524 vs 957 images/s for the seed model on 2
+cores); threads.py's workers sleep between kernels.
 
 Max pooling keeps the index (within the window, i*k + j) of each window's winner for the
 backward pass; a NaN wins its window, so a NaN in the input stays visible downstream.
@@ -19,16 +20,17 @@ import numba
 import numpy as np
 
 from gpucnn.backend import formulas
+from gpucnn.backend.cpu import threads
 from gpucnn.backend.cpu.window import _out
 
 _max4 = numba.njit(inline="always", error_model="numpy")(formulas.max4_element)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _maxpool_fwd(x, k, stride, pad, y, arg):  # pragma: no cover - compiled
-    planes, h, w = x.shape
+def _maxpool_fwd(x, k, stride, pad, y, arg, lo, hi):  # pragma: no cover - compiled
+    _, h, w = x.shape
     _, oh, ow = y.shape
-    for p in range(planes):
+    for p in range(lo, hi):
         for oy in range(oh):
             i0, i1 = max(0, pad - oy * stride), min(k, h + pad - oy * stride)
             for ox in range(ow):
@@ -53,10 +55,9 @@ def _maxpool_fwd(x, k, stride, pad, y, arg):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _maxpool2x2_fwd(x, y, arg):  # pragma: no cover - compiled
-    planes, _, _ = x.shape
+def _maxpool2x2_fwd(x, y, arg, lo, hi):  # pragma: no cover - compiled
     _, oh, ow = y.shape
-    for p in range(planes):
+    for p in range(lo, hi):
         for oy in range(oh):
             for ox in range(ow):
                 a = x[p, 2 * oy, 2 * ox]
@@ -69,9 +70,9 @@ def _maxpool2x2_fwd(x, y, arg):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _maxpool_bwd(dy, arg, k, stride, pad, dx):  # pragma: no cover - compiled
-    planes, oh, ow = dy.shape
-    for p in range(planes):
+def _maxpool_bwd(dy, arg, k, stride, pad, dx, lo, hi):  # pragma: no cover - compiled
+    _, oh, ow = dy.shape
+    for p in range(lo, hi):
         for oy in range(oh):
             for ox in range(ow):
                 a = arg[p, oy, ox]
@@ -79,11 +80,11 @@ def _maxpool_bwd(dy, arg, k, stride, pad, dx):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _avgpool_fwd(x, k, stride, pad, y):  # pragma: no cover - compiled
-    planes, h, w = x.shape
+def _avgpool_fwd(x, k, stride, pad, y, lo, hi):  # pragma: no cover - compiled
+    _, h, w = x.shape
     _, oh, ow = y.shape
     scale = x.dtype.type(1.0) / (k * k)
-    for p in range(planes):
+    for p in range(lo, hi):
         for oy in range(oh):
             for ox in range(ow):
                 acc = x.dtype.type(0.0)
@@ -99,11 +100,11 @@ def _avgpool_fwd(x, k, stride, pad, y):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _avgpool_bwd(dy, k, stride, pad, dx):  # pragma: no cover - compiled
-    planes, h, w = dx.shape
+def _avgpool_bwd(dy, k, stride, pad, dx, lo, hi):  # pragma: no cover - compiled
+    _, h, w = dx.shape
     _, oh, ow = dy.shape
     scale = dy.dtype.type(1.0) / (k * k)
-    for p in range(planes):
+    for p in range(lo, hi):
         for oy in range(oh):
             for ox in range(ow):
                 g = dy[p, oy, ox] * scale
@@ -122,6 +123,12 @@ def _planes(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(n * c, h, w)
 
 
+def _over_planes(kernel, planes: np.ndarray, *args) -> None:
+    """kernel(planes, *args, lo, hi) over ranges of the N*C planes, split over the cores."""
+    size = planes.shape[1] * planes.shape[2]
+    threads.split(kernel, planes.shape[0], planes, *args, grain=threads.grain(size))
+
+
 def maxpool2d_fwd(x: np.ndarray, k: int, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
     """Max over each window, and which window element won (for the backward pass).
 
@@ -133,9 +140,9 @@ def maxpool2d_fwd(x: np.ndarray, k: int, stride: int, pad: int) -> tuple[np.ndar
     y = np.empty((n * c, oh, ow), dtype=x.dtype)
     arg = np.empty((n * c, oh, ow), dtype=np.int32)
     if k == 2 and stride == 2 and pad == 0:
-        _maxpool2x2_fwd(_planes(x), y, arg)
+        _over_planes(_maxpool2x2_fwd, _planes(x), y, arg)
     else:
-        _maxpool_fwd(_planes(x), k, stride, pad, y, arg)
+        _over_planes(_maxpool_fwd, _planes(x), k, stride, pad, y, arg)
     return y.reshape(n, c, oh, ow), arg.reshape(n, c, oh, ow)
 
 
@@ -148,7 +155,7 @@ def maxpool2d_bwd(
     """
     n, c, h, w = x_shape
     dx = np.zeros((n * c, h, w), dtype=dy.dtype)
-    _maxpool_bwd(_planes(dy), _planes(arg), k, stride, pad, dx)
+    _over_planes(_maxpool_bwd, _planes(dy), _planes(arg), k, stride, pad, dx)
     return dx.reshape(x_shape)
 
 
@@ -160,14 +167,14 @@ def avgpool2d_fwd(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
     n, c, h, w = x.shape
     oh, ow = _out(h, k, stride, pad), _out(w, k, stride, pad)
     y = np.empty((n * c, oh, ow), dtype=x.dtype)
-    _avgpool_fwd(_planes(x), k, stride, pad, y)
+    _over_planes(_avgpool_fwd, _planes(x), k, stride, pad, y)
     return y.reshape(n, c, oh, ow)
 
 
 def avgpool2d_bwd(dy: np.ndarray, x_shape: tuple, k: int, stride: int, pad: int) -> np.ndarray:
     """Spread each output gradient evenly over its window. Shape: (N, C, OH, OW) -> (N, C, H, W)."""
     dx = np.zeros((x_shape[0] * x_shape[1], *x_shape[2:]), dtype=dy.dtype)
-    _avgpool_bwd(_planes(dy), k, stride, pad, dx)
+    _over_planes(_avgpool_bwd, _planes(dy), k, stride, pad, dx)
     return dx.reshape(x_shape)
 
 

@@ -1,20 +1,24 @@
-"""How many cores the CPU kernels use, and the batch split that uses them.
+"""How many cores the CPU kernels use, and the split of a kernel's work that uses them.
 
 BLAS already runs a GEMM on every core. The rest of a step (im2col and col2im, the Winograd
 transforms, pooling, ReLU, BatchNorm, the loss, Adam) runs in Numba kernels, which are serial
-loops; :func:`split` runs one over ranges of the batch (or of any independent items) in
-threads, the first range in the calling thread. The kernels release the GIL (``nogil=True``),
-so the ranges run at once.
+loops over independent items (images, planes, channels, rows, elements); :func:`split` runs
+one over ranges of its items in threads, the first range in the calling thread. The kernels
+release the GIL (``nogil=True``), so the ranges run at once. Each range writes only its own
+items and any sum is taken per item and added afterwards in one fixed order, so the results
+are the same bits whatever the thread count.
 
 The number of threads is one setting for both: :func:`set_num_threads` sizes BLAS (through
 threadpoolctl) and the kernels together; until it is called, the kernels take BLAS's own
 thread count (OpenBLAS starts one per core, or what OPENBLAS_NUM_THREADS / OMP_NUM_THREADS
-say). Inside the Trainer's sharded step (gpucnn.train.parallel) each shard already has a core,
+say). Inside the Trainer's sharded step (gpucnn.train.parallel) every shard already has a core,
 so there :func:`limit` makes both serial for the step and the shards do not oversubscribe.
 
-Why threads and not Numba's ``parallel=True``: the sharded step calls these kernels from
-several threads at once, which Numba's workqueue layer does not allow, and a Numba pool next
-to OpenBLAS's spun against it (pool.py's measurement). Here idle threads wait on a lock.
+Why threads of our own rather than Numba's ``parallel=True``: the sharded step calls these
+kernels from several threads at once, which Numba's workqueue layer does not allow, and
+Numba's OpenMP pool spins after each kernel, against OpenBLAS's threads (pool.py's
+measurement). Here an idle worker sleeps on a lock, and a hand-off costs ~10 µs (a kernel
+smaller than ``grain`` items per thread runs serially: see :func:`split`).
 """
 
 from __future__ import annotations
@@ -24,13 +28,12 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-MIN_ITEMS = 2  # fewer items than this run serially: a hand-off costs ~20-50 µs
-_lock = threading.Lock()
+GRAIN = 1 << 15  # elements: a kernel's range smaller than this costs more to hand to a thread
 _setting: list[int | None] = [None]  # the kernels' thread count; None: BLAS's, read once
-_pool: list[ThreadPoolExecutor | None] = [None]
+_workers: list[_Worker] = []  # started as needed, kept for the process's life
+_pool_lock = threading.Lock()  # one split at a time uses the workers; others run serially
 
 
 def cores() -> int:
@@ -45,9 +48,7 @@ def cores() -> int:
 def _blas_threads() -> int:
     from threadpoolctl import threadpool_info
 
-    counts = [
-        int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"
-    ]
+    counts = [int(i.get("num_threads") or 1) for i in threadpool_info() if i["user_api"] == "blas"]
     return max(counts) if counts else cores()
 
 
@@ -58,7 +59,7 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for BLAS and for the CPU kernels (like ``torch.set_num_threads``).
+    """Use ``n`` threads for BLAS and for the CPU kernels, like ``torch.set_num_threads``.
 
     Raises:
         ValueError: n is not a positive integer.
@@ -73,8 +74,8 @@ def set_num_threads(n: int) -> None:
 
 @contextlib.contextmanager
 def limit(n: int) -> Iterator[None]:
-    """Within the block, CPU kernels split over at most ``n`` threads (BLAS is the caller's
-    to limit: the sharded step does both)."""
+    """Within the block, CPU kernels split over at most ``n`` threads (BLAS is the caller's to
+    limit; the sharded step limits both)."""
     was = _setting[0]
     _setting[0] = max(1, min(n, get_num_threads()))
     try:
@@ -83,30 +84,62 @@ def limit(n: int) -> Iterator[None]:
         _setting[0] = was
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    with _lock:
-        pool = _pool[0]
-        if pool is None or pool._max_workers < workers:  # grown when the setting grows
-            if pool is not None:
-                pool.shutdown(wait=False)
-            pool = _pool[0] = ThreadPoolExecutor(workers, thread_name_prefix="gpucnn-kernel")
-        return pool
+class _Worker:
+    """A daemon thread that runs one job at a time: ``start(fn, args)``, then ``wait()``."""
+
+    def __init__(self) -> None:
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._job: tuple[Callable[..., Any], tuple] | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._loop, name="gpucnn-kernel", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            fn, args = self._job  # type: ignore[misc]
+            try:
+                fn(*args)
+            except BaseException as exc:  # handed to the caller by wait()
+                self._error = exc
+            self._done.release()
+
+    def start(self, fn: Callable[..., Any], args: tuple) -> None:
+        self._job, self._error = (fn, args), None
+        self._go.release()
+
+    def wait(self) -> BaseException | None:
+        self._done.acquire()
+        return self._error
 
 
-def split(fn: Callable[..., Any], items: int, *args: Any) -> None:
-    """Run ``fn(*args, lo, hi)`` over ranges [lo, hi) that cover [0, items), one range per
-    thread, and return when all are done (the first error is raised)."""
-    k = min(get_num_threads(), items // max(1, MIN_ITEMS // 2))
-    if k <= 1 or items < MIN_ITEMS:
+def grain(per_item: int) -> int:
+    """The fewest items worth a thread of their own when each holds ``per_item`` elements."""
+    return max(1, GRAIN // max(1, per_item))
+
+
+def split(fn: Callable[..., Any], items: int, *args: Any, grain: int = 1) -> None:
+    """Run ``fn(*args, lo, hi)`` over ranges [lo, hi) that cover [0, items), at most one per
+    thread and none smaller than ``grain`` items, and return when all are done (the first
+    error is raised). Serial when one thread is set, when the work is small, or when another
+    thread's split holds the workers."""
+    k = min(get_num_threads(), items // max(1, grain))
+    if k <= 1 or not _pool_lock.acquire(blocking=False):
         fn(*args, 0, items)
         return
-    bounds = [items * i // k for i in range(k + 1)]
-    pool = _executor(k - 1)
-    futures = [pool.submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(1, k)]
     try:
-        fn(*args, bounds[0], bounds[1])
+        while len(_workers) < k - 1:
+            _workers.append(_Worker())
+        bounds = [items * i // k for i in range(k + 1)]
+        for i in range(1, k):
+            _workers[i - 1].start(fn, (*args, bounds[i], bounds[i + 1]))
+        try:
+            fn(*args, bounds[0], bounds[1])
+        finally:
+            errors = [_workers[i - 1].wait() for i in range(1, k)]  # every range has ended
     finally:
-        errors = [f.exception() for f in futures]  # waits for every range
+        _pool_lock.release()
     for err in errors:
         if err is not None:
             raise err

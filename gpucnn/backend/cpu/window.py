@@ -1,6 +1,7 @@
 """im2col / col2im: unfold sliding windows into columns and fold them back.
 
-Serial Numba kernels (see pool.py for why not parallel). Padding is fused: out-of-image
+Each kernel works on a range of the batch's images, which gpucnn.backend.cpu.threads splits
+over the cores (see pool.py for why not Numba's own threads). Padding is fused: out-of-image
 positions read as ``pad_value`` instead of materialising a padded copy of the input.
 
 Stride 1 with "same" padding (2P = k - 1, every 3×3 pad-1 conv) has its own pair of kernels.
@@ -18,13 +19,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from gpucnn.backend.cpu import threads
+
 
 def _out(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _im2col(x, k, stride, pad, pad_value, cols):  # pragma: no cover - compiled
+def _im2col(x, k, stride, pad, pad_value, cols, lo, hi):  # pragma: no cover - compiled
     n, c, h, w = x.shape
     oh = (h + 2 * pad - k) // stride + 1
     ow = (w + 2 * pad - k) // stride + 1
@@ -32,7 +35,7 @@ def _im2col(x, k, stride, pad, pad_value, cols):  # pragma: no cover - compiled
         ci = row // (k * k)
         i = (row // k) % k
         j = row % k
-        for ni in range(n):
+        for ni in range(lo, hi):
             base = ni * oh * ow
             for y in range(oh):
                 hy = y * stride - pad + i
@@ -46,7 +49,7 @@ def _im2col(x, k, stride, pad, pad_value, cols):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _col2im(cols, k, stride, pad, out):  # pragma: no cover - compiled
+def _col2im(cols, k, stride, pad, out, lo, hi):  # pragma: no cover - compiled
     n, c, h, w = out.shape
     oh = (h + 2 * pad - k) // stride + 1
     ow = (w + 2 * pad - k) // stride + 1
@@ -54,7 +57,7 @@ def _col2im(cols, k, stride, pad, out):  # pragma: no cover - compiled
         for i in range(k):
             for j in range(k):
                 row = (ci * k + i) * k + j
-                for ni in range(n):
+                for ni in range(lo, hi):
                     base = ni * oh * ow
                     for y in range(oh):
                         hy = y * stride - pad + i
@@ -67,7 +70,7 @@ def _col2im(cols, k, stride, pad, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _im2col_same(x, k, pad, pad_value, cols):  # pragma: no cover - compiled
+def _im2col_same(x, k, pad, pad_value, cols, lo, hi):  # pragma: no cover - compiled
     n, c, h, w = x.shape
     hw = h * w
     flat = x.reshape(n * c * hw)
@@ -81,7 +84,7 @@ def _im2col_same(x, k, pad, pad_value, cols):  # pragma: no cover - compiled
         qa = max(y0 * w, -shift)
         qb = max(qa, min(y1 * w, hw - shift))
         dst_row = cols[row]
-        for ni in range(n):
+        for ni in range(lo, hi):
             d = ni * hw
             dst = dst_row[d + qa : d + qb]
             src = flat[(ni * c + ci) * hw + shift + qa : (ni * c + ci) * hw + shift + qb]
@@ -96,7 +99,7 @@ def _im2col_same(x, k, pad, pad_value, cols):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _col2im_same(cols, k, pad, out):  # pragma: no cover - compiled
+def _col2im_same(cols, k, pad, out, lo, hi):  # pragma: no cover - compiled
     n, c, h, w = out.shape
     hw = h * w
     flat = out.reshape(n * c * hw)
@@ -110,7 +113,7 @@ def _col2im_same(cols, k, pad, out):  # pragma: no cover - compiled
                 x0, x1 = max(0, pad - j), min(w, w + pad - j)
                 qa = max(y0 * w, -shift)
                 qb = max(qa, min(y1 * w, hw - shift))
-                for ni in range(n):
+                for ni in range(lo, hi):
                     d = ni * hw
                     # zero the taps that fell off an edge, so the long add below is exact
                     for xo in range(0, x0):
@@ -136,10 +139,12 @@ def im2col(x: np.ndarray, k: int, stride: int, pad: int, pad_value: float = 0.0)
     n, c, h, w = x.shape
     oh, ow = _out(h, k, stride, pad), _out(w, k, stride, pad)
     cols = np.empty((c * k * k, n * oh * ow), dtype=x.dtype)
+    grain = threads.grain(c * k * k * oh * ow)  # images per thread, at least
+    fill = x.dtype.type(pad_value)
     if _same(x.shape, k, stride, pad):
-        _im2col_same(np.ascontiguousarray(x), k, pad, x.dtype.type(pad_value), cols)
+        threads.split(_im2col_same, n, np.ascontiguousarray(x), k, pad, fill, cols, grain=grain)
     else:
-        _im2col(np.ascontiguousarray(x), k, stride, pad, x.dtype.type(pad_value), cols)
+        threads.split(_im2col, n, np.ascontiguousarray(x), k, stride, pad, fill, cols, grain=grain)
     return cols
 
 
@@ -159,8 +164,10 @@ def col2im(
     Shape: (C*k*k, N*OH*OW) -> (N, C, H, W).
     """
     out = np.zeros(x_shape, dtype=cols.dtype)
+    n = x_shape[0]
+    grain = threads.grain(cols.size // max(1, n))  # images per thread, at least
     if overwrite_cols and _same(x_shape, k, stride, pad) and cols.flags.c_contiguous:
-        _col2im_same(cols, k, pad, out)
+        threads.split(_col2im_same, n, cols, k, pad, out, grain=grain)
     else:
-        _col2im(np.ascontiguousarray(cols), k, stride, pad, out)
+        threads.split(_col2im, n, np.ascontiguousarray(cols), k, stride, pad, out, grain=grain)
     return out
