@@ -23,7 +23,7 @@ def _rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def _kernel_outputs():
+def _kernel_outputs(monkeypatch):
     """Every split kernel once, on shapes with more items than threads."""
     x = _rand(5, 4, 7, 6)
     w = _rand(6, 4, 3, 3)
@@ -50,6 +50,7 @@ def _kernel_outputs():
     y, saved = cpu.batchnorm2d_fwd(x, gamma, beta, rm, rv, True, 0.1, 1e-5)
     out["batchnorm"] = (y, rm, rv, *cpu.batchnorm2d_bwd(x, saved, gamma, True))
     for m in (2, 4):
+        monkeypatch.setattr(cpu, "WINOGRAD_TILE", m)
         yw, cw = F.conv2d_forward(x, w, None, 1, 1, algorithm="winograd")
         out[f"winograd{m}"] = (yw, *F.conv2d_backward(yw, cw))
         yp, cp = F.conv2d_relu_maxpool_forward(x, w, _rand(6, seed=5), 1, 1, "winograd")
@@ -72,9 +73,9 @@ def _flatten(value):
 
 
 def test_split_kernels_give_the_serial_bits(split_everything, monkeypatch):
-    split = _kernel_outputs()
+    split = _kernel_outputs(monkeypatch)
     monkeypatch.setattr(threads, "_setting", [1])
-    serial = _kernel_outputs()
+    serial = _kernel_outputs(monkeypatch)
     assert split.keys() == serial.keys()
     for name in split:
         for a, b in zip(_flatten(split[name]), _flatten(serial[name]), strict=True):
