@@ -12,7 +12,9 @@ onnx only inside gpucnn.export.onnx.
 
 from gpucnn import backend, export, functional, models, nn, optim
 from gpucnn.backend import get_backend, to_device, to_host
+from gpucnn.backend.cpu.threads import get_num_threads, set_num_threads
 from gpucnn.functional import softmax
+from gpucnn.grad_mode import is_grad_enabled, no_grad
 from gpucnn.inference import Predictor, load
 from gpucnn.version import __version__
 
@@ -23,10 +25,14 @@ __all__ = [
     "export",
     "functional",
     "get_backend",
+    "get_num_threads",
+    "is_grad_enabled",
     "load",
     "models",
     "nn",
+    "no_grad",
     "optim",
+    "set_num_threads",
     "softmax",
     "to_device",
     "to_host",

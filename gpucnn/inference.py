@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import get_backend, to_device, to_host
+from gpucnn.grad_mode import no_grad
 from gpucnn.nn import Module
 
 
@@ -141,7 +142,9 @@ class Predictor:
         device = self.module.device
         for i in range(0, len(a), self.batch_size):
             x = to_device(self._normalise(a[i : i + self.batch_size]), device)
-            yield to_host(self.module(x))
+            with no_grad():  # inference: nothing kept for a backward that never comes
+                out = self.module(x)
+            yield to_host(out)
 
     # -- outputs --------------------------------------------------------------------------
     def logits(self, images: Any) -> np.ndarray:

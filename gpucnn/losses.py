@@ -29,5 +29,8 @@ class CrossEntropyLoss:
     def backward(self, dloss: Any = 1.0) -> Any:
         """Gradient with respect to the logits of the last forward call. Shape: (N, K)."""
         if self._cache is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward")
+            raise RuntimeError(
+                "CrossEntropyLoss.backward called before forward (or after one under "
+                "gpucnn.no_grad(), which keeps nothing for a backward)"
+            )
         return F.cross_entropy_backward(self._cache, dloss)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional.checks import check_float
+from gpucnn.functional.checks import check_cache, check_float
+from gpucnn.grad_mode import kept
 
 
 def relu_forward(x: Any) -> tuple[Any, Any]:
@@ -13,23 +14,24 @@ def relu_forward(x: Any) -> tuple[Any, Any]:
     exactly where x > 0), so ReLU keeps no mask of its own."""
     check_float("ReLU", x)
     y = backend_of(x).kernels.relu_fwd(x)
-    return y, y
+    return y, kept(y)
 
 
 def relu_backward(dy: Any, y: Any) -> Any:
     """dx = dy where x > 0, else 0 (the subgradient at 0 is taken as 0, as PyTorch does)."""
-    return backend_of(dy).kernels.relu_bwd(dy, y)
+    return backend_of(dy).kernels.relu_bwd(dy, check_cache("ReLU", y))
 
 
 def tanh_forward(x: Any) -> tuple[Any, Any]:
     """y = tanh(x). Shape: any -> same. The cache is y."""
     check_float("Tanh", x)
     y = backend_of(x).xp.tanh(x)
-    return y, y
+    return y, kept(y)
 
 
 def tanh_backward(dy: Any, y: Any) -> Any:
     """dx = dy * (1 - y^2)."""
+    y = check_cache("Tanh", y)
     return dy * (1 - y * y)
 
 

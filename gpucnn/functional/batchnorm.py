@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional.checks import check_channels, check_float, check_rank
+from gpucnn.functional.checks import check_cache, check_channels, check_float, check_rank
+from gpucnn.grad_mode import kept
 
 
 def batchnorm2d_forward(
@@ -44,10 +45,10 @@ def batchnorm2d_forward(
     y, saved = backend_of(x).kernels.batchnorm2d_fwd(
         x, gamma, beta, running_mean, running_var, training, momentum, eps
     )
-    return y, (saved, gamma, training)
+    return y, kept((saved, gamma, training))
 
 
 def batchnorm2d_backward(dy: Any, cache: tuple) -> tuple[Any, Any, Any]:
     """Shape: dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    saved, gamma, training = cache
+    saved, gamma, training = check_cache("BatchNorm2d", cache)
     return backend_of(dy).kernels.batchnorm2d_bwd(dy, saved, gamma, training)

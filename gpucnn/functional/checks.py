@@ -14,6 +14,17 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def check_cache(layer: str, cache: Any) -> Any:
+    """The cache a forward pass returned, or a clear error where it kept none: no forward has
+    run, or it ran under gpucnn.no_grad()."""
+    if cache is None:
+        raise RuntimeError(
+            f"{layer}.backward: no forward pass kept what backward needs; run forward first, "
+            "and outside gpucnn.no_grad() (which keeps nothing, for inference)"
+        )
+    return cache
+
+
 def check_rank(layer: str, x: Any, ndim: int, layout: str) -> None:
     if getattr(x, "ndim", None) != ndim:
         shape = getattr(x, "shape", type(x).__name__)

@@ -40,12 +40,14 @@ from typing import Any
 from gpucnn.backend import backend_of
 from gpucnn.functional import winograd
 from gpucnn.functional.checks import (
+    check_cache,
     check_channels,
     check_float,
     check_positive,
     check_rank,
     window_out_size,
 )
+from gpucnn.grad_mode import is_grad_enabled, kept
 
 
 def resolve_padding(layer: str, padding: int | str, k: int, stride: int) -> int:
@@ -167,20 +169,22 @@ def conv2d_forward(
     algo = conv_algorithm(be, c, k, stride, pad, algorithm)
     if algo == "direct":
         y = be.kernels.conv2d_direct_fwd(x, w, b, stride, pad)
-        return y, (x, algo, x.shape, w, b is not None, stride, pad)
+        return y, kept((x, algo, x.shape, w, b is not None, stride, pad))
     if algo == "winograd":
         y, wcache = winograd.forward(x, w, b, pad, winograd_tile(be) or 2)
-        return y, (wcache, algo, x.shape, w, b is not None, stride, pad)
+        return y, kept((wcache, algo, x.shape, w, b is not None, stride, pad))
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
     yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
+    if not is_grad_enabled():
+        cols = None  # nothing will read the columns again: free them now
     yt = yt.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
     y = be.xp.empty((n, f, oh, ow), dtype=yt.dtype)
     if b is not None:  # the bias rides along the one pass that transposes to (N, F, OH, OW)
         be.xp.add(yt, b[None, :, None, None], out=y)
     else:
         y[...] = yt
-    return y, (cols, algo, x.shape, w, b is not None, stride, pad)
+    return y, kept((cols, algo, x.shape, w, b is not None, stride, pad))
 
 
 def conv2d_backward(
@@ -192,7 +196,7 @@ def conv2d_backward(
     ``need_params=False`` skips dw and db (frozen filters); they are then None, as is db
     when the forward pass had no bias.
     """
-    saved, algo, x_shape, w, has_bias, stride, pad = cache  # saved: cols, x if direct
+    saved, algo, x_shape, w, has_bias, stride, pad = check_cache("Conv2d", cache)
     if algo == "winograd":  # saved: what functional.winograd.forward kept
         return winograd.backward(dy, saved, need_dx, need_params)
     direct = algo == "direct"

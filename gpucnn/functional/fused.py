@@ -37,6 +37,7 @@ from typing import Any
 from gpucnn.backend import backend_of
 from gpucnn.functional import winograd
 from gpucnn.functional.checks import (
+    check_cache,
     check_channels,
     check_float,
     check_positive,
@@ -44,6 +45,7 @@ from gpucnn.functional.checks import (
     window_out_size,
 )
 from gpucnn.functional.conv import conv_algorithm, resolve_padding, winograd_tile
+from gpucnn.grad_mode import is_grad_enabled, kept
 
 
 def conv2d_relu_maxpool_forward(
@@ -85,12 +87,14 @@ def conv2d_relu_maxpool_forward(
         raise ValueError("conv2d_relu_maxpool: a direct convolution is not fused")
     if algo == "winograd":  # every tile size here is even: a tile holds whole windows
         y, wcache = winograd.forward(x, w, b, pad, winograd_tile(be) or 2, pool=True)
-        return y, ("winograd", wcache)
+        return y, kept(("winograd", wcache))
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
     yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
+    if not is_grad_enabled():
+        cols = None  # nothing will read the columns again: free them now
     y, arg = be.kernels.conv_relu_pool2x2_fwd(yt.reshape(f, n, oh, ow), b)  # (N, F, PH, PW)
-    return y, ("im2col", (cols, x.shape, w, b is not None, stride, pad, (oh, ow), arg, y))
+    return y, kept(("im2col", (cols, x.shape, w, b is not None, stride, pad, (oh, ow), arg, y)))
 
 
 def conv2d_relu_maxpool_backward(
@@ -101,7 +105,7 @@ def conv2d_relu_maxpool_backward(
     ``need_dx=False`` skips the dx GEMM and col2im (dx is then None); ``need_params=False``
     skips dw and db (then None, as db is when the forward pass had no bias).
     """
-    algo, saved = cache
+    algo, saved = check_cache("Conv2d", cache)
     if algo == "winograd":
         return winograd.backward(dy, saved, need_dx, need_params)
     cols, x_shape, w, has_bias, stride, pad, out_hw, arg, y = saved

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional.checks import check_channels, check_float, check_rank
+from gpucnn.functional.checks import check_cache, check_channels, check_float, check_rank
+from gpucnn.grad_mode import kept
 
 
 def linear_forward(x: Any, w: Any, b: Any = None) -> tuple[Any, tuple]:
@@ -22,14 +23,14 @@ def linear_forward(x: Any, w: Any, b: Any = None) -> tuple[Any, tuple]:
     y = backend_of(x, w).kernels.matmul(x, w.T)
     if b is not None:
         y += b
-    return y, (x, w, b is not None)
+    return y, kept((x, w, b is not None))
 
 
 def linear_backward(
     dy: Any, cache: tuple, need_dx: bool = True, need_params: bool = True
 ) -> tuple[Any, Any, Any]:
     """Shape: dy (N, out) -> dx (N, in), dw (out, in), db (out,) (None where not needed)."""
-    x, w, has_bias = cache
+    x, w, has_bias = check_cache("Linear", cache)
     matmul = backend_of(dy).kernels.matmul
     dx = matmul(dy, w) if need_dx else None
     dw = matmul(dy.T, x) if need_params else None

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import backend_of, is_device_array
-from gpucnn.functional.checks import check_float, check_rank
+from gpucnn.functional.checks import check_cache, check_float, check_rank
+from gpucnn.grad_mode import kept
 
 
 def check_labels(layer: str, labels: Any, n: int, num_classes: int) -> None:
@@ -50,12 +51,12 @@ def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple]:
     if n == 0:
         raise ValueError(f"{layer}: empty batch (logits shape {tuple(logits.shape)})")
     loss, grad = backend_of(logits).kernels.softmax_xent_fwd(logits, labels)
-    return loss, (grad,)
+    return loss, kept((grad,))
 
 
 def cross_entropy_backward(cache: tuple, dloss: Any = 1.0) -> Any:
     """Shape: -> dlogits (N, K) = (softmax - onehot) * dloss / N."""
-    (grad,) = cache
+    (grad,) = check_cache("CrossEntropyLoss", cache)
     if isinstance(dloss, (int, float)) and dloss == 1.0:
         return grad
     return grad * grad.dtype.type(dloss)

@@ -14,7 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from gpucnn.backend import backend_of
-from gpucnn.functional.checks import check_float, check_positive, check_rank, window_out_size
+from gpucnn.functional.checks import (
+    check_cache,
+    check_float,
+    check_positive,
+    check_rank,
+    window_out_size,
+)
+from gpucnn.grad_mode import kept
 
 
 def _check_window(layer: str, x: Any, k: int, stride: int | None, pad: int) -> tuple[int, int]:
@@ -34,12 +41,12 @@ def maxpool2d_forward(
     """Shape: (N, C, H, W) -> (N, C, OH, OW). Padding never wins the max."""
     k, s = _check_window("MaxPool2d", x, kernel_size, stride, padding)
     y, arg = backend_of(x).kernels.maxpool2d_fwd(x, k, s, padding)
-    return y, (arg, x.shape, k, s, padding)
+    return y, kept((arg, x.shape, k, s, padding))
 
 
 def maxpool2d_backward(dy: Any, cache: tuple) -> Any:
     """Shape: (N, C, OH, OW) -> (N, C, H, W)."""
-    arg, x_shape, k, s, p = cache
+    arg, x_shape, k, s, p = check_cache("MaxPool2d", cache)
     return backend_of(dy).kernels.maxpool2d_bwd(dy, arg, x_shape, k, s, p)
 
 
@@ -49,12 +56,12 @@ def avgpool2d_forward(
     """Shape: (N, C, H, W) -> (N, C, OH, OW). Padded zeros count in the mean (as PyTorch)."""
     k, s = _check_window("AvgPool2d", x, kernel_size, stride, padding)
     y = backend_of(x).kernels.avgpool2d_fwd(x, k, s, padding)
-    return y, (x.shape, k, s, padding)
+    return y, kept((x.shape, k, s, padding))
 
 
 def avgpool2d_backward(dy: Any, cache: tuple) -> Any:
     """Shape: (N, C, OH, OW) -> (N, C, H, W)."""
-    x_shape, k, s, p = cache
+    x_shape, k, s, p = check_cache("AvgPool2d", cache)
     return backend_of(dy).kernels.avgpool2d_bwd(dy, x_shape, k, s, p)
 
 
@@ -62,11 +69,12 @@ def global_avgpool2d_forward(x: Any) -> tuple[Any, tuple]:
     """y[n, c] = mean over h, w of x[n, c, h, w]. Shape: (N, C, H, W) -> (N, C)."""
     check_rank("GlobalAvgPool2d", x, 4, "(N, C, H, W)")
     check_float("GlobalAvgPool2d", x)
-    return backend_of(x).kernels.global_avgpool2d_fwd(x), x.shape
+    return backend_of(x).kernels.global_avgpool2d_fwd(x), kept(x.shape)
 
 
 def global_avgpool2d_backward(dy: Any, x_shape: tuple) -> Any:
     """Shape: (N, C) -> (N, C, H, W); every position receives dy / (H*W)."""
+    x_shape = check_cache("GlobalAvgPool2d", x_shape)
     return backend_of(dy).kernels.global_avgpool2d_bwd(dy, x_shape)
 
 
@@ -75,10 +83,10 @@ def global_maxpool2d_forward(x: Any) -> tuple[Any, tuple]:
     check_rank("GlobalMaxPool2d", x, 4, "(N, C, H, W)")
     check_float("GlobalMaxPool2d", x)
     y, arg = backend_of(x).kernels.global_maxpool2d_fwd(x)
-    return y, (arg, x.shape)
+    return y, kept((arg, x.shape))
 
 
 def global_maxpool2d_backward(dy: Any, cache: tuple) -> Any:
     """Shape: (N, C) -> (N, C, H, W); the gradient goes to each plane's maximum."""
-    arg, x_shape = cache
+    arg, x_shape = check_cache("GlobalMaxPool2d", cache)
     return backend_of(dy).kernels.global_maxpool2d_bwd(dy, arg, x_shape)

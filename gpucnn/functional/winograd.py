@@ -43,6 +43,7 @@ from typing import Any
 
 from gpucnn.backend import backend_of
 from gpucnn.backend.winograd import matrices
+from gpucnn.grad_mode import is_grad_enabled
 
 
 def filter_transform(w: Any, m: int) -> Any:
@@ -92,6 +93,8 @@ def forward(x: Any, w: Any, b: Any, pad: int, m: int, pool: bool = False) -> tup
     u = filter_transform(w, m)  # (alpha², C, F)
     v = be.kernels.winograd_input_tf(x, m, pad)  # (alpha², T, C)
     mt = be.kernels.matmul(v, u)  # (alpha², T, F): the alpha² GEMMs
+    if not is_grad_enabled():
+        v = u = None  # nothing will read the tiles again: free them now
     if pool:
         y, arg = be.kernels.winograd_relu_pool2x2_fwd(mt, b, out_shape, m)
         return y, (v, u, x.shape, out_shape, b is not None, pad, m, arg, y)

@@ -48,7 +48,10 @@ class ConvReLUPool(Module):
 
     def backward(self, dy: Any) -> Any:
         if self._cache is None:
-            raise RuntimeError("ConvReLUPool.backward called before forward")
+            raise RuntimeError(
+                "ConvReLUPool.backward called before forward (or after one under "
+                "gpucnn.no_grad(), which keeps nothing for a backward)"
+            )
         conv = self.conv
         need_params = conv.weight.requires_grad or (
             conv.bias is not None and conv.bias.requires_grad

@@ -45,7 +45,10 @@ class Linear(Module):
 
     def backward(self, dy: Any) -> Any:
         if self._cache is None:
-            raise RuntimeError("Linear.backward called before forward")
+            raise RuntimeError(
+                "Linear.backward called before forward (or after one under "
+                "gpucnn.no_grad(), which keeps nothing for a backward)"
+            )
         need_params = self.weight.requires_grad or (
             self.bias is not None and self.bias.requires_grad
         )

@@ -18,6 +18,7 @@ import numpy as np
 
 from gpucnn.backend import Backend, get_backend, to_host
 from gpucnn.functional.loss import check_labels
+from gpucnn.grad_mode import no_grad
 from gpucnn.nn import Module
 from gpucnn.train.atomic import write_json
 from gpucnn.train.callbacks import Callback
@@ -278,9 +279,10 @@ class Trainer:
         xp = self.backend.xp
         outs, ys = [], []
         try:
-            for x, y in loader:
-                outs.append(self.model(x))
-                ys.append(y)
+            with no_grad():  # nothing kept for a backward: each layer's temporaries go at once
+                for x, y in loader:
+                    outs.append(self.model(x))
+                    ys.append(y)
         finally:
             self.model.train()
         if not outs:

@@ -99,10 +99,12 @@ class _Worker:
         while True:
             self._go.acquire()
             fn, args = self._job  # type: ignore[misc]
+            self._job = None  # keep no reference to the arrays once the range is done
             try:
                 fn(*args)
             except BaseException as exc:  # handed to the caller by wait()
                 self._error = exc
+            del fn, args
             self._done.release()
 
     def start(self, fn: Callable[..., Any], args: tuple) -> None:
