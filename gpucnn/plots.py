@@ -297,9 +297,12 @@ def predictions(
     wrong = np.flatnonzero(preds != labels)
     cols = 8
     rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * 1.3, rows * 1.45 + 0.3), squeeze=False, layout="constrained"
-    )
+    width, wspace, hspace = cols * 1.15, 0.06, 0.25
+    side = 0.98 * width / (cols + (cols - 1) * wspace)  # an image's side, in inches
+    height = rows * side * (1 + hspace) + 0.45  # rows of square images under their titles
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    top = 1 - 0.45 / height
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=wspace, hspace=hspace)
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k >= len(shown):
@@ -389,58 +392,67 @@ def feature_maps(
 def feature_maps_figure(model: Any, image: np.ndarray, x: np.ndarray, per_row: int = 8) -> Any:
     """One image through the trained network: the input and the first convolution's filters
     on top, then a row per stage (:func:`feature_stages`), each titled with its layers and the
-    maps' shape and showing its ``per_row`` most active channels (largest mean), on one colour
-    scale per row.
+    maps' shape and showing its ``per_row + 1`` most active channels (largest mean), on one
+    colour scale per row (its bar on the right).
+
+    The layout is computed, in inches, from the rows and cells it holds (no layout engine:
+    quick to draw, and nothing left empty).
 
     Args:
         model: the trained network, in eval mode, on the host.
         image: the raw image (H, W) to show.
         x: the same image normalised, shaped (1, C, H, W) as the model takes it.
-        per_row: the maps (and filters) shown per row.
+        per_row: the filters shown beside the input (and maps per row, one more).
 
     Returns:
-        The matplotlib Figure: a SubFigure per row (its suptitle the row's label).
+        The matplotlib Figure; ``fig.texts`` holds the row titles, top row first.
     """
     from gpucnn import nn
 
     plt = _pyplot()
     stages = feature_stages(model, x)
     conv = next((m for _, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    fig = plt.figure(figsize=(1.25 * per_row + 1.8, 1.55 * (len(stages) + 1)), layout="constrained")
-    rows = fig.subfigures(len(stages) + 1, 1, hspace=0.02)
-    top_left, top_right = rows[0].subfigures(1, 2, width_ratios=[1.2, per_row], wspace=0.02)
-    ax = top_left.subplots()
+    cols = per_row + 1  # the top row: the input, then the filters; the others: maps
+    cell, gap, head, label, bar = 1.05, 0.12, 0.32, 0.16, 0.6  # inches
+    width = 0.1 + cols * (cell + gap) + bar
+    row_h = head + label + cell
+    height = (len(stages) + 1) * row_h + 0.1
+    fig = plt.figure(figsize=(width, height))
+
+    def at(column: int, top: float, w: float = cell, h: float = cell) -> Any:
+        left = 0.1 + column * (cell + gap)
+        return fig.add_axes((left / width, 1 - (top + h) / height, w / width, h / height))
+
+    def row_of(r: int, first: int, arrays: list, names: list, signed: bool, text: str) -> None:
+        top = r * row_h
+        fig.text(0.1 / width, 1 - (top + 0.22) / height, text, fontsize=9.5, ha="left")
+        hi = max(float(np.abs(a).max()) for a in arrays) or 1.0
+        for c, (a, name) in enumerate(zip(arrays, names, strict=True)):
+            ax = at(first + c, top + head + label)
+            im = ax.imshow(a, cmap="bwr" if signed else "magma", vmin=-hi if signed else 0, vmax=hi)
+            ax.set_axis_off()
+            if name:
+                ax.set_title(name, fontsize=7, pad=2)
+        cax = at(cols, top + head + label + 0.05, w=0.1, h=cell - 0.1)
+        fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
+
+    ax = at(0, head + label)
     ax.imshow(image, cmap="gray")
     ax.set_axis_off()
-    top_left.suptitle(f"input {tuple(np.shape(image))}", fontsize=9)
+    ax.set_title("input", fontsize=7, pad=2)
+    about = f"input {tuple(np.shape(image))}"
     if conv is not None:
         w = to_host(conv.weight.data)[:, 0]  # (F, k, k), the first input channel
-        shown = min(len(w), per_row)
-        vmax = float(np.abs(w[:shown]).max()) or 1.0
-        axes = top_right.subplots(1, per_row, squeeze=False)[0]
-        for f, ax in enumerate(axes):
-            ax.set_axis_off()
-            if f < shown:
-                im = ax.imshow(w[f], cmap="bwr", vmin=-vmax, vmax=vmax)
-        top_right.colorbar(im, ax=list(axes), shrink=0.8, pad=0.01)
-        top_right.suptitle(
-            f"filters of the first conv, {_describe_layer(conv)}: {shown} of {len(w)}",
-            fontsize=9,
-        )
-    for row, (label, maps) in zip(rows[1:], stages, strict=True):
-        order = np.argsort(-maps.reshape(len(maps), -1).mean(axis=1), kind="stable")[:per_row]
-        signed = bool((maps < 0).any())
-        vmax = float(np.abs(maps[order]).max()) or 1.0
-        cmap, vmin = ("bwr", -vmax) if signed else ("magma", 0.0)
-        axes = row.subplots(1, per_row, squeeze=False)[0]
-        for c, ax in enumerate(axes):
-            ax.set_axis_off()
-            if c < len(order):
-                im = ax.imshow(maps[order[c]], cmap=cmap, vmin=vmin, vmax=vmax)
-                ax.set_title(f"ch {order[c]}", fontsize=7, pad=2)
-        row.colorbar(im, ax=list(axes), shrink=0.8, pad=0.01)
+        about += f"; the first conv's filters, {_describe_layer(conv)}: {min(len(w), per_row)}"
+        about += f" of {len(w)}"
+        row_of(0, 1, list(w[:per_row]), [""] * min(len(w), per_row), True, about)
+    else:
+        fig.text(0.1 / width, 1 - 0.22 / height, about, fontsize=9.5, ha="left")
+    for r, (text, maps) in enumerate(stages, start=1):
+        order = np.argsort(-maps.reshape(len(maps), -1).mean(axis=1), kind="stable")[:cols]
+        names = [f"ch {c}" for c in order]
         most = f"{len(order)} most active of {len(maps)} channels"
-        row.suptitle(f"{label}  ({most})", fontsize=9.5, x=0.01, ha="left")
+        row_of(r, 0, list(maps[order]), names, bool((maps < 0).any()), f"{text}  ({most})")
     return fig
 
 

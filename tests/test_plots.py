@@ -175,19 +175,18 @@ def test_feature_maps_are_labelled_by_layer_with_their_shapes():
     ev = evaluation()
     x = data.normalize(ev.images[:1], ev.mean, ev.std)
     fig = plots.feature_maps_figure(ev.model, ev.images[0], x)
-    rows = fig.subfigs
-    labels = [row.get_suptitle() for row in rows[1:]]
-    assert labels == [
-        "layers 0-1: Conv2d 1→32 3×3 + ReLU → (32, 28, 28)  (8 most active of 32 channels)",
-        "layer 2: MaxPool2d 2×2 → (32, 14, 14)  (8 most active of 32 channels)",
-        "layers 3-4: Conv2d 32→64 3×3 + ReLU → (64, 14, 14)  (8 most active of 64 channels)",
-        "layer 5: MaxPool2d 2×2 → (64, 7, 7)  (8 most active of 64 channels)",
+    assert [t.get_text() for t in fig.texts] == [
+        "input (28, 28); the first conv's filters, Conv2d 1→32 3×3: 8 of 32",
+        "layers 0-1: Conv2d 1→32 3×3 + ReLU → (32, 28, 28)  (9 most active of 32 channels)",
+        "layer 2: MaxPool2d 2×2 → (32, 14, 14)  (9 most active of 32 channels)",
+        "layers 3-4: Conv2d 32→64 3×3 + ReLU → (64, 14, 14)  (9 most active of 64 channels)",
+        "layer 5: MaxPool2d 2×2 → (64, 7, 7)  (9 most active of 64 channels)",
     ]
-    for row, size in zip(rows[1:], (28, 14, 14, 7), strict=True):  # 8 maps of the row's size
-        shown = [im for ax in row.axes for im in ax.get_images()]
-        assert [im.get_array().shape for im in shown] == [(size, size)] * 8
-    top = [sub.get_suptitle() for sub in rows[0].subfigs]
-    assert top == ["input (28, 28)", "filters of the first conv, Conv2d 1→32 3×3: 8 of 32"]
+    shapes = [im.get_array().shape for ax in fig.axes for im in ax.get_images()]
+    want = [(28, 28)] + [(3, 3)] * 8 + [(28, 28)] * 9 + [(14, 14)] * 18 + [(7, 7)] * 9
+    assert shapes == want  # the input, 8 filters, then 9 maps a row of the row's size
+    grid = {round(ax.get_position().x0, 4) for ax in fig.axes if ax.get_images()}
+    assert len(grid) == 9  # every row on the same 9 columns: none shorter than another
 
 
 def test_a_deep_network_shows_at_most_six_stages_first_and_last_included():
