@@ -171,6 +171,12 @@ def main() -> None:
     work = {fw: max(r["peak_rss_mb"] - r["base_rss_mb"] for r in rs) for fw, rs in results.items()}
     from benchmarks.machine import describe
 
+    def ratio(ours: str, theirs: str) -> float:
+        return statistics.median(
+            a["images_per_s"] / b["images_per_s"]
+            for a, b in zip(results[ours], results[theirs], strict=True)
+        )
+
     per_block = {
         fw: ", ".join(str(round(r["images_per_s"])) for r in rs) for fw, rs in results.items()
     }
@@ -189,21 +195,26 @@ def main() -> None:
                 for fw in results
             ),
             "",
-            f"**gpucnn / PyTorch throughput: {med['gpucnn'] / med['torch']:.2f}x** "
-            f"({med['gpucnn'] / med['torch-malloc']:.2f}x against torch-malloc, PyTorch run "
-            "with the glibc malloc settings gpucnn makes for itself: "
-            "MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB)",
+            "Ratios are medians over the blocks of each block's ratio (the runs of a block "
+            "follow each other, so they share the machine's state); torch-malloc is PyTorch "
+            "run with the glibc malloc settings gpucnn makes for itself "
+            "(MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB).",
+            "",
+            "| gpucnn | against PyTorch | against torch-malloc |",
+            "|---|---:|---:|",
             *(
-                [
-                    "",
-                    "gpucnn steps on batch shards, one per thread (gpucnn.train.parallel, what "
-                    "the Trainer does on the CPU by default); gpucnn-serial is one step on the "
-                    f"whole batch with multithreaded BLAS: "
-                    f"{med['gpucnn-serial'] / med['torch']:.2f}x PyTorch.",
-                ]
-                if "gpucnn-serial" in med
-                else []
+                f"| {label} | **{ratio(fw, 'torch'):.2f}x** | "
+                f"**{ratio(fw, 'torch-malloc'):.2f}x** |"
+                for fw, label in (
+                    ("gpucnn", "Trainer step (batch shards, one per thread)"),
+                    ("gpucnn-serial", "plain loop: model(x), crit.backward(), opt.step()"),
+                )
+                if fw in med
             ),
+            "",
+            "gpucnn steps on batch shards, one per thread (gpucnn.train.parallel, what the "
+            "Trainer does on the CPU by default); gpucnn-serial is one step on the whole batch "
+            "as the README's API tour writes it, BLAS and the CPU kernels on every thread.",
         ]
     )
     print("\n" + table)

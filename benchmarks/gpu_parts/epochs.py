@@ -212,30 +212,26 @@ def epochs_b64(
         ]
 
 
-def fast_preset(
-    lines: list[str],
-    results: dict[str, Any],
+def fast_runs(
+    config: Any,
     data: tuple[np.ndarray, ...],
-    data_dir: str | None = None,
     sizes: StepSizes = StepSizes(),  # noqa: B008
-    budget: Budget = UNLIMITED,
-    config: Any = None,
     target: float = 0.99,
-) -> None:
-    """Part (p): the fast preset through gpucnn's recipe (build_trainer: its callbacks, the
-    one-cycle schedule, validation and checkpoints each epoch), and the same recipe in
-    PyTorch: seed model from the same initial weights, Adam AMSGrad, OneCycleLR (max_lr,
-    pct_start, cycle over the preset's epochs; no momentum cycling, as gpucnn's), the same
-    training split."""
+) -> tuple[Callable[[], EpochRun], Callable[[], EpochRun], int]:
+    """(gpucnn, PyTorch, training images) for the fast preset ``config`` on ``data`` (train
+    images and labels, test images and labels): gpucnn through its recipe (build_trainer: its
+    callbacks, the one-cycle schedule, validation and checkpoints each epoch), and the same
+    recipe in PyTorch: seed model from the same initial weights, Adam AMSGrad, OneCycleLR
+    (max_lr, pct_start, cycle over the preset's epochs; no momentum cycling, as gpucnn's), the
+    same training split. Each callable trains once and returns its epochs' times and test
+    accuracies (part (p) here, benchmarks/fast_cpu.py on the CPU)."""
     import tempfile
 
     from gpucnn import data as gdata
     from gpucnn import models
     from gpucnn.backend import get_backend
     from gpucnn.train import recipe
-    from gpucnn.train.config import TrainConfig
 
-    config = config or TrainConfig.preset("fast", device="cuda", data_dir=data_dir)
     x, y, xt, yt = data
     if config.limit is not None:
         x, y = x[: config.limit], y[: config.limit]
@@ -276,6 +272,24 @@ def fast_preset(
         )  # fmt: skip
         return torch_epochs("PyTorch eager", trainer, xt, yt, config.epochs, config.epochs)
 
+    return ours, theirs, len(train[1])
+
+
+def fast_preset(
+    lines: list[str],
+    results: dict[str, Any],
+    data: tuple[np.ndarray, ...],
+    data_dir: str | None = None,
+    sizes: StepSizes = StepSizes(),  # noqa: B008
+    budget: Budget = UNLIMITED,
+    config: Any = None,
+    target: float = 0.99,
+) -> None:
+    """Part (p): the fast preset in gpucnn and in PyTorch (fast_runs says how), side by side."""
+    from gpucnn.train.config import TrainConfig
+
+    config = config or TrainConfig.preset("fast", device="cuda", data_dir=data_dir)
+    ours, theirs, n_train = fast_runs(config, data, sizes, target)
     runs = [_guarded("gpucnn (recipe)", "?", ours)]
     if budget.left() < 10:
         runs.append(EpochRun("PyTorch eager", "", note="skipped: out of budget"))
@@ -291,7 +305,7 @@ def fast_preset(
         f"TrainConfig.preset('fast'): {config.model} model, batch {config.batch_size}, "
         f"{config.epochs} epochs of {config.steps_per_epoch} steps, one cycle to lr {config.lr:g} "
         f"(pct_start {config.pct_start}), Adam AMSGrad weight decay {config.weight_decay:g}, "
-        f"{len(train[1])} training images ({config.val_fraction:.0%} held out). Training "
+        f"{n_train} training images ({config.val_fraction:.0%} held out). Training "
         "seconds per epoch (validation, checkpoints and test evaluation not included; kernels "
         "compiled by the earlier parts).",
         "",
