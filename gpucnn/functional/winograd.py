@@ -39,43 +39,48 @@ Which layers take this path, and which m, is each backend's measured setting (th
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import numpy as np
 
 from gpucnn.backend import backend_of
 from gpucnn.backend.winograd import matrices
 from gpucnn.grad_mode import is_grad_enabled
 
 
+@functools.lru_cache(maxsize=8)
+def _kron_g(m: int, xp: Any) -> Any:
+    """G ⊗ G, (alpha², 9), float64, made once per tile size and array module: row (i, j),
+    column (k, l) is G[i, k] G[j, l], so that vec(G w Gᵀ) = (G ⊗ G) vec(w) for a 3×3 filter
+    w (row-major vec)."""
+    g = matrices(m)[1]
+    return xp.asarray(np.kron(g, g))
+
+
 def filter_transform(w: Any, m: int) -> Any:
-    """U = G w Gᵀ for every (filter, channel), as the GEMMs want it.
+    """U = G w Gᵀ for every (filter, channel), as the GEMMs want it: one product with G ⊗ G.
 
     Shape: w (F, C, 3, 3) -> (alpha², C, F). Computed in float64 (the 1/6 and 1/24 of
     F(4×4, 3×3) are not exact in binary) and returned in w's dtype.
     """
     xp = backend_of(w).xp
     f, c = w.shape[:2]
-    alpha = m + 2
-    g = xp.asarray(matrices(m)[1])
-    # two plain GEMMs over all (f, c) at once, rather than F*C tiny ones
-    wg = w.astype(xp.float64).reshape(f * c * 3, 3) @ g.T  # (F*C*3, alpha): w Gᵀ
-    u = wg.reshape(f * c, 3, alpha).transpose(0, 2, 1).reshape(f * c * alpha, 3) @ g.T
-    # u[(f, c, j), i] = (G w Gᵀ)[i, j]  ->  (i, j, c, f)
-    u = u.reshape(f, c, alpha, alpha).transpose(3, 2, 1, 0).reshape(alpha * alpha, c, f)
+    u = _kron_g(m, xp) @ w.reshape(f * c, 9).T.astype(xp.float64)  # (alpha², F*C)
+    u = u.reshape(-1, f, c).transpose(0, 2, 1)  # (alpha², C, F)
     return xp.ascontiguousarray(u, dtype=w.dtype)
 
 
 def filter_grad(du: Any, m: int, w_shape: tuple) -> Any:
-    """dw = Gᵀ dU G, the adjoint of filter_transform. Shape: (alpha², C, F) -> (F, C, 3, 3)."""
+    """dw = Gᵀ dU G, the adjoint of filter_transform: (G ⊗ G)ᵀ vec(dU).
+
+    Shape: (alpha², C, F) -> (F, C, 3, 3).
+    """
     xp = backend_of(du).xp
     f, c = w_shape[:2]
-    alpha = m + 2
-    _, g, _ = matrices(m)
-    g = xp.asarray(g)
-    # dU (i, j, c, f) -> (f, c, j, i), then Gᵀ along each axis as two plain GEMMs
-    d = du.astype(xp.float64).reshape(alpha, alpha, c, f).transpose(3, 2, 1, 0)
-    d = d.reshape(f * c * alpha, alpha) @ g  # [(f, c, j), k] = sum_i dU[i, j] G[i, k]
-    d = d.reshape(f * c, alpha, 3).transpose(0, 2, 1).reshape(f * c * 3, alpha) @ g
-    return xp.ascontiguousarray(d.reshape(f, c, 3, 3), dtype=du.dtype)  # [(f, c, k), l]
+    d = _kron_g(m, xp).T @ du.reshape(-1, c * f).astype(xp.float64)  # (9, C*F)
+    d = d.reshape(3, 3, c, f).transpose(3, 2, 0, 1)  # (F, C, 3, 3)
+    return xp.ascontiguousarray(d, dtype=du.dtype)
 
 
 def forward(x: Any, w: Any, b: Any, pad: int, m: int, pool: bool = False) -> tuple[Any, tuple]:
