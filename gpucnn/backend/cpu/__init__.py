@@ -71,7 +71,7 @@ DIRECT_CONV_MAX_TAPS = 0
 # at least WINOGRAD_MIN_CHANNELS input channels: WINOGRAD_TILE is m (0: never). Measured
 # against im2col + OpenBLAS per layer shape and per training step
 # (benchmarks/results/winograd-cpu.md).
-WINOGRAD_TILE = 2
+WINOGRAD_TILE = 4
 WINOGRAD_MIN_CHANNELS = 8
 
 __all__ = [
