@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import errno
+import io
+import logging
 import os
 import pty
 import re
@@ -169,3 +172,107 @@ def test_train_command_logs_reach_prefect_run_logs(prefect_server, mnist_root, t
     assert any(m.startswith("device 'auto' picked") for m in messages), messages
     for epoch in (1, 2):
         assert sum(m.startswith(f"epoch {epoch}/2  train_loss") for m in messages) == 1, messages
+
+
+# -- a console that goes away mid-run --------------------------------------------------------
+
+
+class GoneTerminal(io.StringIO):
+    """A terminal whose writes fail as a closed one's do."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(self.code, os.strerror(self.code))
+
+
+@pytest.mark.parametrize("code", [errno.EPIPE, errno.EBADF, errno.EIO], ids=errno.errorcode.get)
+def test_a_progress_bar_whose_stream_fails_is_given_up_not_raised(code, caplog):
+    from gpucnn.train.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="gpucnn")
+    progress = Progress(True, stream=GoneTerminal(code))
+    assert progress.tty
+    progress.begin("epoch 1/2", 4)
+    progress.update(2, "loss 1.0")  # the bar's write fails: the bar is given up
+    progress.update(4, "loss 0.9")
+    progress.end("epoch 1/2  train_loss 0.9")
+    assert not progress.tty and not progress.drawn
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
+        "epoch 1/2  train_loss 0.9"
+    ]
+
+
+# the FIT above, slowed down (so that the test can close the terminal mid-run)
+SLOW_FIT = FIT.replace(
+    "        for i in range(0, 64, 16):\n",
+    "        import time\n        for i in range(0, 64, 16):\n            time.sleep(0.05)\n",
+).replace("epochs=5", "epochs=6")
+
+
+def test_a_fit_whose_terminal_closes_mid_run_runs_to_its_end(tmp_path):
+    """The terminal goes away after the first bar is drawn (EIO on every later write): the
+    fit goes on through its epochs and saves its checkpoint."""
+    script = tmp_path / "slow_fit.py"
+    script.write_text(SLOW_FIT)
+    ckpt = tmp_path / "last.npz"
+    main, tty = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ckpt)], cwd=ROOT, stdout=tty, stderr=tty
+    )
+    os.close(tty)
+    seen = b""
+    try:
+        while b"epoch 1/6 [" not in seen:
+            chunk = os.read(main, 65536)
+            assert chunk, seen
+            seen += chunk
+    finally:
+        os.close(main)  # the terminal goes away
+    assert proc.wait(timeout=120) == 0
+    assert ckpt.exists()
+
+
+def test_a_guarded_stream_whose_reader_went_away_says_so_once(tmp_path):
+    """The pipe's reader ends: writes and flushes succeed (dropped), the descriptor then
+    points at /dev/null (Python's last flush at exit succeeds too), and one warning in the
+    run's log.txt says where its lines went."""
+    from gpucnn.logs import GuardedStream, run_log
+
+    rfd, wfd = os.pipe()
+    stream = GuardedStream(os.fdopen(wfd, "w"), "stdout")
+    os.close(rfd)
+    log_file = tmp_path / "log.txt"
+    with run_log(log_file):
+        for i in range(3):
+            print(f"line {i}", file=stream, flush=True)
+        stream.write("x" * 100_000)
+        stream.flush()
+        assert stream.gone
+        assert os.readlink(f"/proc/self/fd/{wfd}") == "/dev/null"
+        deadline = time.monotonic() + 10
+        while "went away" not in (log_file.read_text() if log_file.exists() else ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1)
+    lines = log_file.read_text().splitlines()
+    (line,) = [x for x in lines if "went away" in x]
+    assert re.search(r"WARNING +gpucnn: stdout went away \(BrokenPipeError: Broken pipe\)", line)
+    assert line.endswith(f"its lines go on in {log_file}")
+    stream.wrapped.close()  # the pipe is /dev/null now: nothing left to fail
+
+
+def test_a_guarded_stream_passes_other_errors_through():
+    from gpucnn.logs import GuardedStream
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        GuardedStream(Full(), "stdout").write("x")

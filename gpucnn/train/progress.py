@@ -5,7 +5,9 @@ Each epoch's summary (epoch, losses, accuracies, lr, time, images/s) is one INFO
 changes, resuming), so it reaches every sink exactly once: a terminal, a file or a pipe, and
 Prefect's run logs (see :mod:`gpucnn.logs` for who prints it). When the stream is a terminal a
 bar is drawn during the epoch and erased before the line is logged; in a file or a pipe there
-is no bar and no control character (no ``\\r``, no escape sequence).
+is no bar and no control character (no ``\\r``, no escape sequence). A bar whose stream goes
+away (its terminal closed, EPIPE, EBADF) is given up, never raised into training: the epoch
+lines go on through logging (to a run's log.txt, Prefect's run logs).
 """
 
 from __future__ import annotations
@@ -50,16 +52,27 @@ class Progress:
         rate = done / max(time.perf_counter() - self.start, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0.0
         bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r{self.desc} [{bar}] {done}/{self.total} {note} eta {eta:4.0f}s ")
-        self.stream.flush()
-        self.drawn = True
+        self.drawn = self._draw(
+            f"\r{self.desc} [{bar}] {done}/{self.total} {note} eta {eta:4.0f}s "
+        )
 
     def clear(self) -> None:
         """Erase the bar (if one is drawn) so that a log line starts on a clean line."""
         if self.drawn:
-            self.stream.write("\r\x1b[2K")
-            self.stream.flush()
+            self._draw("\r\x1b[2K")
             self.drawn = False
+
+    def _draw(self, text: str) -> bool:
+        """Write ``text`` to the bar's stream; a stream that fails (went away, closed) ends
+        the bar for good instead of the training."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:
+            self.tty = False
+            log.debug("progress bar off: its stream failed (%s)", exc)
+            return False
+        return True
 
     def end(self, summary: str) -> None:
         self.clear()
