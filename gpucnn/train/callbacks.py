@@ -282,7 +282,7 @@ class ModelCheckpoint(Callback):
         """
         from gpucnn.train.atomic import previous, remove_stale_parts
         from gpucnn.train.errors import CheckpointError
-        from gpucnn.train.runs import START_OVER
+        from gpucnn.train.runs import start_over
 
         remove_stale_parts(self.directory)
         candidates = [p for p in (self.last_path, previous(self.last_path)) if p.exists()]
@@ -303,7 +303,7 @@ class ModelCheckpoint(Callback):
             trainer.write_history()  # history.json agrees with the checkpoint resumed from
             return ckpt
         raise CheckpointError(
-            f"no usable checkpoint in {self.directory}: {'; '.join(problems)}; {START_OVER}"
+            f"no usable checkpoint in {self.directory}: {'; '.join(problems)}; {start_over()}"
         )
 
     def _reconcile_best(self, trainer: Trainer) -> None:

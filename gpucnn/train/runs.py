@@ -9,11 +9,15 @@
 - **One config**: ``config.json`` records the run's TrainConfig; resuming with a config that
   differs in anything but the fields a resumed run may change (RESUMABLE) is refused, naming
   the fields, instead of silently mixing two runs in one folder.
+- **Ways out** are said as the user gives them (:func:`way_out`): ``--overwrite`` and
+  ``--run-name`` on the command line, ``overwrite=true`` and ``run_name=...`` to a flow run
+  (a deployment's parameters).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import hashlib
@@ -39,16 +43,49 @@ RUN_FILES = (
     "history.csv",
     "summary.json",
     "metrics.json",
+    "log.txt",
 )
 RUN_DIRS = ("checkpoints", "plots", "tensorboard")
 # fields that say where data and arrays live and what is logged, not what a run computes
 LOCATION = ("device", "data_dir", "mirrors", "tensorboard")
 # fields a resumed run may change: those, and how many epochs to train for at most
 RESUMABLE = (*LOCATION, "epochs")
-START_OVER = "to start over, re-run with --overwrite (or delete the folder)"
+# The way out of a refusal, as the user says it: flags on the command line (the default), or
+# a flow's parameters in a deployment's or a script's flow run (gpucnn.flows says which)
+WAYS_OUT = {
+    "command line": {"overwrite": "--overwrite", "run_name": "--run-name"},
+    "flow parameters": {"overwrite": "overwrite=true", "run_name": "run_name=..."},
+}
+_ways_out: contextvars.ContextVar[str | None] = contextvars.ContextVar("ways_out", default=None)
 
 _held: dict[Path, list] = {}  # run folder -> [open lock file, claims]: this process's claims
 _held_guard = threading.Lock()
+
+
+def way_out(what: str) -> str:
+    """How the user says ``what`` ("overwrite", "run_name") where the run came from."""
+    return WAYS_OUT[_ways_out.get() or "command line"][what]
+
+
+@contextlib.contextmanager
+def ways_out(where: str, keep_said: bool = False) -> Iterator[None]:
+    """Say ways out as ``where`` (a key of WAYS_OUT) in this block; with ``keep_said``, only
+    when no caller said already (a flow called by the command line keeps its flags)."""
+    if where not in WAYS_OUT:
+        raise ValueError(f"ways_out: where must be one of {sorted(WAYS_OUT)}, got {where!r}")
+    if keep_said and _ways_out.get() is not None:
+        yield
+        return
+    token = _ways_out.set(where)
+    try:
+        yield
+    finally:
+        _ways_out.reset(token)
+
+
+def start_over() -> str:
+    """The way to start a run over, as the user says it (see :func:`way_out`)."""
+    return f"to start over, re-run with {way_out('overwrite')} (or delete the folder)"
 
 
 def config_digest(config: TrainConfig) -> str:
@@ -151,7 +188,7 @@ class RunFolder:
                 raise
             raise RunFolderError(
                 f"run folder {self.path} is in use by {self.holder()}; wait for that run to "
-                "end, or choose another --run-name"
+                f"end, or choose another {way_out('run_name')}"
             ) from None
         f.seek(0)
         f.truncate()
@@ -175,9 +212,9 @@ class RunFolder:
         try:
             value = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise RunFolderError(f"{path} is unreadable ({exc}); {START_OVER}") from exc
+            raise RunFolderError(f"{path} is unreadable ({exc}); {start_over()}") from exc
         if not isinstance(value, dict):
-            raise RunFolderError(f"{path} does not hold a config object; {START_OVER}")
+            raise RunFolderError(f"{path} does not hold a config object; {start_over()}")
         return value
 
     def check_config(self, config: TrainConfig) -> None:
@@ -199,8 +236,8 @@ class RunFolder:
         if diffs:
             raise RunFolderError(
                 f"run folder {self.path} holds a run with another config ({'; '.join(diffs)}); "
-                f"a run resumes only with its own config: {START_OVER}, or choose another "
-                "--run-name"
+                f"a run resumes only with its own config: {start_over()}, or choose another "
+                f"{way_out('run_name')}"
             )
 
     # -- results -------------------------------------------------------------------------
