@@ -12,7 +12,10 @@ whatever is still running (a sweep's trial threads, a log flush); a second signa
 at once.
 
 Logs: gpucnn's INFO lines (epochs, the device, early stopping, learning-rate changes,
-resuming) go to Prefect's run logs and console; see gpucnn.logs.
+resuming) go to Prefect's run logs and console, and a training run's to its folder's log.txt;
+see gpucnn.logs and gpucnn.flows.reporting. Standard output and error may go away mid-run (a
+pipe whose reader ended, a closed descriptor): the run goes on (gpucnn.logs.GuardedStream).
+Ways out of a refusal name the command line's flags (``--overwrite``, ``--run-name``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 from gpucnn.flows import local_api
-from gpucnn.logs import show_info
+from gpucnn.logs import guard_standard_streams, show_info
 from gpucnn.train.config import PRESETS, TrainConfig, field_types
+from gpucnn.train.runs import ways_out
 
 GROUPS = {"run": "run", "where": "where the data comes from"}
 
@@ -113,9 +117,10 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def prepare_prefect_env() -> None:
     """Telemetry off, gpucnn's INFO lines in Prefect's logs (the ``gpucnn`` logger is attached
-    to them and set to INFO), and an API: the server PREFECT_API_URL names, or Prefect's local
-    server started by :func:`start_local_api`. The local server gets 90 s to start (Prefect's
-    20 s is short on a busy 2-core machine)."""
+    to them, for processes started from here such as Dask workers too, and set to INFO; in
+    this process a flow's reporting session sends them instead), and an API: the server
+    PREFECT_API_URL names, or Prefect's local server started by :func:`start_local_api`. The
+    local server gets 90 s to start (Prefect's 20 s is short on a busy 2-core machine)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     extra = [n for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n]
     if "gpucnn" not in extra:
@@ -248,8 +253,10 @@ def run_cli(body: Callable[[], Any]) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    guard_standard_streams()  # before Prefect's console handler takes sys.stderr
     try:
-        body()
+        with ways_out("command line"):
+            body()
     except BaseException as exc:
         code = _interrupt_code(exc)
         if code is not None:

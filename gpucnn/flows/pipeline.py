@@ -3,18 +3,27 @@ hyperparameter sweep that fans trials out as tasks (on a Dask cluster when given
 
 Deployment entrypoints (flows/prefect.yaml): gpucnn/flows/pipeline.py:train_flow,
 :evaluate_flow and :sweep_flow.
+
+Every flow runs inside :func:`flow_run_scope`: Prefect's API may stop answering and the
+console may go away (a worker killed) without stalling or ending it, and a refusal's way
+out names the flow's parameters (``overwrite=true``) unless the command line calling it
+names its flags. A training run's lines are also kept in its folder's log.txt.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from gpucnn.flows import reporting
 from gpucnn.flows.cli import expand_grid
 from gpucnn.flows.tasks import download_dataset, evaluate_model, prepare_data, train_model
+from gpucnn.logs import guard_standard_streams, run_log
 from gpucnn.train import recipe
 from gpucnn.train.checkpoint import load_checkpoint
 from gpucnn.train.config import TrainConfig
@@ -25,7 +34,23 @@ from gpucnn.train.runs import (
     config_digest,
     default_run_name,
     plural,
+    way_out,
+    ways_out,
 )
+
+# the loggers a run's log.txt takes: gpucnn's, and the flow's and its tasks' own lines
+RUN_LOGGERS = ("gpucnn", "prefect.flow_runs", "prefect.task_runs")
+
+
+@contextlib.contextmanager
+def flow_run_scope() -> Iterator[None]:
+    """What a flow's body runs in: standard streams whose going away ends nothing
+    (gpucnn.logs.guard_standard_streams), ways out said as the flow's parameters unless the
+    command line calling it said its flags, and a reporting session (gpucnn.flows.reporting:
+    log lines and progress sent off training's path, held through an API outage)."""
+    guard_standard_streams()
+    with ways_out("flow parameters", keep_said=True), reporting.session():
+        yield
 
 
 @flow(name="gpucnn-train", log_prints=True)
@@ -54,6 +79,13 @@ def train_flow(
     Returns:
         The run folder, the training summary, the test metrics, and ``already_finished``.
     """
+    with flow_run_scope():
+        return _train(config, output_dir, run_name, overwrite)
+
+
+def _train(
+    config: TrainConfig | None, output_dir: str, run_name: str | None, overwrite: bool
+) -> dict[str, Any]:
     cfg = config if config is not None else TrainConfig()
     name = check_run_name(run_name or default_run_name(cfg))
     folder = RunFolder(Path(output_dir) / name)
@@ -68,19 +100,21 @@ def train_flow(
             summary, metrics = done["summary"], done["metrics"]
             logger.info(
                 "run %s already finished (%s, test accuracy %.4f); its results are in %s; "
-                "--overwrite trains it again",
+                "%s trains it again",
                 name,
                 plural(summary["epochs"], "epoch"),
                 metrics["accuracy"],
                 folder.path.resolve(),
+                way_out("overwrite"),
             )
             test = {k: metrics.get(k) for k in ("accuracy", "loss", "top3_accuracy", "samples")}
             return {"run_dir": str(folder.path), **summary, "test": test, "already_finished": True}
         logger.info("run folder %s", folder.path.resolve())
         download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
-        prepare_data(cfg, str(folder.path))
-        summary = train_model(cfg, str(folder.path))
-        metrics = evaluate_model(cfg, str(folder.path), summary["best_checkpoint"])
+        with run_log(folder.path / "log.txt", RUN_LOGGERS):
+            prepare_data(cfg, str(folder.path))
+            summary = train_model(cfg, str(folder.path))
+            metrics = evaluate_model(cfg, str(folder.path), summary["best_checkpoint"])
         return {"run_dir": str(folder.path), **summary, "test": metrics, "already_finished": False}
 
 
@@ -107,7 +141,7 @@ def evaluate_flow(
         if output_dir
         else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
     )
-    with RunFolder(run_dir).claim():  # not while a training run writes there
+    with flow_run_scope(), RunFolder(run_dir).claim():  # not while a training run writes there
         download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
         return evaluate_model(cfg, str(run_dir), str(path))
 
@@ -156,11 +190,13 @@ def sweep_flow(
         This sweep's rows, best first: the swept values, validation and test accuracy.
     """
     base = base if base is not None else TrainConfig()
-    futures = []
-    for values in expand_grid(grid):
-        cfg = base.replace(**values)
-        futures.append(run_trial.submit(cfg, output_dir, trial_name(values, cfg), sorted(values)))
-    rows = sorted((f.result() for f in futures), key=lambda r: -(r["test_accuracy"] or 0))
+    with flow_run_scope():
+        futures = []
+        for values in expand_grid(grid):
+            cfg = base.replace(**values)
+            name = trial_name(values, cfg)
+            futures.append(run_trial.submit(cfg, output_dir, name, sorted(values)))
+        rows = sorted((f.result() for f in futures), key=lambda r: -(r["test_accuracy"] or 0))
     out = Path(output_dir)
     ranked = recipe.record_sweep(out, rows)
     create_table_artifact(

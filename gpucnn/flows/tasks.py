@@ -1,7 +1,8 @@
 """The pipeline's tasks. Each is a short call into gpucnn taking paths and configs (never
 arrays: Prefect hashes task inputs). Only the download retries, and only on transient network
 failures; typed errors (bad data, a NaN loss, a bad checkpoint) fail at once. Artifacts carry
-stable keys per run, so a re-run updates them.
+stable keys per run, so a re-run updates them. Nothing on training's path calls Prefect's API
+itself (see gpucnn.flows.reporting).
 """
 
 from __future__ import annotations
@@ -12,16 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from gpucnn import data
+from gpucnn.flows import reporting
 from gpucnn.train import recipe
-from gpucnn.train.callbacks import Callback
 from gpucnn.train.config import TrainConfig
 from gpucnn.train.runs import artifact_key, plural
 
@@ -73,34 +69,21 @@ def prepare_data(config: TrainConfig, run_dir: str) -> dict[str, Any]:
     return info
 
 
-class ProgressArtifact(Callback):
-    """A Prefect progress artifact, updated after every epoch."""
-
-    def __init__(self, epochs: int, run_name: str) -> None:
-        self.epochs, self.run_name, self.id = epochs, run_name, None
-
-    def on_train_begin(self, trainer: Any) -> None:
-        self.id = create_progress_artifact(
-            key=artifact_key(self.run_name, "progress"),
-            progress=100.0 * trainer.epoch / self.epochs,
-            description=f"{self.run_name}: epochs completed (of at most {self.epochs})",
-        )
-
-    def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> None:
-        done = 100.0 if trainer.stop_training else 100.0 * trainer.epoch / self.epochs
-        update_progress_artifact(self.id, progress=done)
-
-
 @task(task_run_name="train-model")
 def train_model(config: TrainConfig, run_dir: str) -> dict[str, Any]:
-    """Train with early stopping; a re-run after a crash resumes from the last checkpoint."""
-    summary = recipe.train(
-        config,
-        run_dir,
-        resume=True,
-        progress=True,
-        extra_callbacks=(ProgressArtifact(config.epochs, Path(run_dir).name),),
-    )
+    """Train with early stopping; a re-run after a crash resumes from the last checkpoint.
+
+    Its progress artifact and log lines reach Prefect through the flow's reporting session
+    (gpucnn.flows.reporting): an API that stops answering never stalls or fails the fit.
+    """
+    with reporting.session():  # the flow's, when it has one
+        summary = recipe.train(
+            config,
+            run_dir,
+            resume=True,
+            progress=True,
+            extra_callbacks=(reporting.ProgressArtifact(config.epochs, Path(run_dir).name),),
+        )
     get_run_logger().info(
         "trained %s; best val accuracy %.4f (epoch %d)",
         plural(summary["epochs"], "epoch"),

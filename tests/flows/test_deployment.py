@@ -1,6 +1,8 @@
 """A deployment run for real: a local `prefect server start` (SQLite in a temporary
 PREFECT_HOME), a process work pool, `prefect deploy` of flows/prefect.yaml, a worker, and
-run_deployment; the run must complete and leave metrics in its run folder."""
+run_deployment; the run must complete, leave metrics in its run folder and its epoch lines in
+the flow run's logs (no PREFECT_LOGGING_EXTRA_LOGGERS, as a user's worker has none), and a
+refused second run must name the way out as the deployment's parameters."""
 
 from __future__ import annotations
 
@@ -73,8 +75,9 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PWD": str(ROOT),
         "PYTHONPATH": str(ROOT),
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "gpucnn",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker picks a run up within 2 s
     }
+    env.pop("PREFECT_LOGGING_EXTRA_LOGGERS", None)
     procs = []
     try:
         server = subprocess.Popen(
@@ -123,27 +126,45 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
         }
         code = (
             "import json, sys\n"
+            "from prefect import get_client\n"
+            "from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId\n"
             "from prefect.deployments import run_deployment\n"
             "fr = run_deployment('gpucnn-train/train', parameters=json.loads(sys.argv[1]),"
             " timeout=600)\n"
-            "print(fr.state.type.value, fr.state.name)\n"
+            "with get_client(sync_client=True) as client:\n"
+            "    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId("
+            "any_=[fr.id])), limit=200)\n"
+            "print(json.dumps({'state': [fr.state.type.value, fr.state.name],"
+            " 'message': fr.state.message, 'logs': [log.message for log in logs]}))\n"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(params)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=660,
-        )
-        worker_log = (tmp_path / "worker.log").read_text()
-        assert out.returncode == 0, out.stderr + worker_log[-3000:]
-        assert out.stdout.split()[-2:] == ["COMPLETED", "Completed"], (
-            out.stdout + worker_log[-3000:]
-        )
+
+        def deployment_run(parameters: dict) -> dict:
+            out = subprocess.run(
+                [sys.executable, "-c", code, json.dumps(parameters)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=660,
+            )
+            worker_log = (tmp_path / "worker.log").read_text()
+            assert out.returncode == 0, out.stderr + worker_log[-3000:]
+            return {**json.loads(out.stdout.splitlines()[-1]), "worker": worker_log[-3000:]}
+
+        done = deployment_run(params)
+        assert done["state"] == ["COMPLETED", "Completed"], done
         metrics = json.loads((runs / "deployed" / "metrics.json").read_text())
         assert metrics["samples"] == 10000 and 0.0 <= metrics["accuracy"] <= 1.0
         assert (runs / "deployed" / "checkpoints" / "best.npz").exists()
+        epochs = [m for m in done["logs"] if m.startswith("epoch 1/1  train_loss")]
+        assert len(epochs) == 1, done["logs"]
+
+        # the same run folder with another config: refused, the way out said as parameters
+        refused = deployment_run({**params, "config": {**params["config"], "lr": 0.01}})
+        assert refused["state"][0] == "FAILED", refused
+        message = refused["message"]
+        assert "another config" in message and "overwrite=true" in message, refused
+        assert "run_name=..." in message and "--overwrite" not in message, refused
     finally:
         for p in reversed(procs):
             stop(p)

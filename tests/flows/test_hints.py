@@ -1,0 +1,91 @@
+"""A refusal's way out is said as the user gives it: a flow's parameters (``overwrite=true``,
+``run_name=...``) to a deployment's or a script's flow run, the flags (``--overwrite``,
+``--run-name``) on the command line, also when the refusal comes from inside the flow."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpucnn.train.atomic import write_json
+from gpucnn.train.config import TrainConfig
+from gpucnn.train.errors import CheckpointError
+from gpucnn.train.runs import RunFolderError
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+QUICK = {"limit": 200, "epochs": 1, "device": "cpu"}
+
+
+def test_ways_out_are_flags_unless_a_flow_says_otherwise():
+    from gpucnn.train.runs import start_over, way_out, ways_out
+
+    assert way_out("overwrite") == "--overwrite" and "--overwrite" in start_over()
+    with ways_out("flow parameters"):
+        assert start_over() == "to start over, re-run with overwrite=true (or delete the folder)"
+        assert way_out("run_name") == "run_name=..."
+        with ways_out("command line", keep_said=True):  # what a caller said stays
+            assert way_out("overwrite") == "overwrite=true"
+    assert way_out("run_name") == "--run-name"
+    with pytest.raises(ValueError, match="where must be one of"):
+        with ways_out("a web form"):
+            pass
+
+
+def assert_parameters_named(message: str) -> None:
+    assert "overwrite=true" in message, message
+    assert "--overwrite" not in message and "--run-name" not in message, message
+
+
+def test_a_flow_run_refusing_another_config_names_the_parameters(tmp_path):
+    from gpucnn.flows.pipeline import train_flow
+
+    write_json(tmp_path / "runs" / "r" / "config.json", TrainConfig(**QUICK, lr=0.05).to_dict())
+    with pytest.raises(RunFolderError) as caught:
+        train_flow(config=QUICK, output_dir=str(tmp_path / "runs"), run_name="r")
+    assert "lr 0.05 there, 0.001 now" in str(caught.value)
+    assert_parameters_named(str(caught.value))
+    assert "choose another run_name=..." in str(caught.value)
+
+
+def test_a_flow_run_on_a_folder_in_use_names_the_run_name_parameter(tmp_path):
+    from gpucnn.flows.pipeline import train_flow
+    from tests.processes import folder_held_elsewhere
+
+    with folder_held_elsewhere(tmp_path / "runs" / "r") as holder:
+        with pytest.raises(RunFolderError) as caught:
+            train_flow(config=QUICK, output_dir=str(tmp_path / "runs"), run_name="r")
+    message = str(caught.value)
+    assert f"in use by process {holder.pid}" in message
+    assert message.endswith("or choose another run_name=..."), message
+
+
+@pytest.fixture
+def unusable_checkpoint(mnist_mirror, tmp_path):
+    """A run folder of QUICK's config whose only checkpoint is not one: resuming it is refused
+    from inside the training task."""
+    config = {**QUICK, "data_dir": str(tmp_path / "data"), "mirrors": [mnist_mirror[0]]}
+    run = tmp_path / "runs" / "r"
+    write_json(run / "config.json", TrainConfig(**config).to_dict())
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.npz").write_bytes(b"not a checkpoint")
+    return config
+
+
+def test_a_refusal_from_inside_the_training_task_names_the_parameter(unusable_checkpoint, tmp_path):
+    from gpucnn.flows.pipeline import train_flow
+
+    with pytest.raises(CheckpointError, match="no usable checkpoint") as caught:
+        train_flow(config=unusable_checkpoint, output_dir=str(tmp_path / "runs"), run_name="r")
+    assert_parameters_named(str(caught.value))
+
+
+def test_the_command_line_calling_the_flow_keeps_its_flags(unusable_checkpoint, tmp_path):
+    """gpucnn.flows.cli.run_cli says "command line" around the flow it calls."""
+    from gpucnn.flows.pipeline import train_flow
+    from gpucnn.train.runs import ways_out
+
+    with ways_out("command line"):
+        with pytest.raises(CheckpointError) as caught:
+            train_flow(config=unusable_checkpoint, output_dir=str(tmp_path / "runs"), run_name="r")
+    assert "re-run with --overwrite" in str(caught.value)
+    assert "overwrite=true" not in str(caught.value)

@@ -1,0 +1,143 @@
+"""Reports to Prefect's API are off training's path: the epoch lines reach the flow run's
+stored logs once each (with or without Prefect's own handler on gpucnn's logger), the
+progress artifact is reported after the epoch's checkpoint, and a reporter whose API does
+not answer never raises, never makes its caller wait, and says so once."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture
+def quick(mnist_mirror, tmp_path):
+    return {
+        "limit": 500,
+        "epochs": 2,
+        "device": "cpu",
+        "data_dir": str(tmp_path / "data"),
+        "mirrors": [mnist_mirror[0]],
+    }
+
+
+def flow_run_logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+        )
+    return [log.message for log in logs]
+
+
+@pytest.mark.slow
+def test_a_flow_runs_epoch_lines_and_progress_reach_prefect(quick, tmp_path):
+    """As in a deployment's flow run (no extra-loggers setting): every epoch line in the flow
+    run's stored logs once, the progress artifact linked to the training task at 100, and
+    the run folder's own record of it all."""
+    from prefect.client.orchestration import get_client
+
+    from gpucnn.flows.pipeline import train_flow
+    from gpucnn.flows.reporting import ProgressArtifact
+    from gpucnn.train.callbacks import ModelCheckpoint
+
+    state = train_flow(
+        config=quick, output_dir=str(tmp_path / "runs"), run_name="reported", return_state=True
+    )
+    assert state.is_completed(), state
+    messages = flow_run_logs(state.state_details.flow_run_id)
+    for epoch in (1, 2):
+        found = [m for m in messages if m.startswith(f"epoch {epoch}/2  train_loss")]
+        assert len(found) == 1, messages
+
+    assert ProgressArtifact.order > ModelCheckpoint.order  # it reports committed epochs
+    with get_client(sync_client=True) as client:
+        latest = client.read_latest_artifacts(limit=200)
+    (artifact,) = [a for a in latest if a.key == "reported-progress"]
+    assert artifact.type == "progress" and float(artifact.data) == 100.0
+    assert artifact.task_run_id is not None
+
+    text = (tmp_path / "runs" / "reported" / "log.txt").read_text()
+    assert len(re.findall(r"gpucnn.train: epoch 2/2  train_loss", text)) == 1, text
+    assert "Finished in state Completed" in text
+
+
+def test_prefects_own_handler_on_gpucnn_does_not_double_the_lines(quick, tmp_path):
+    """PREFECT_LOGGING_EXTRA_LOGGERS=gpucnn (the command lines set it) puts Prefect's API
+    handler on the logger: the reporting session sends the lines instead of it, not beside it,
+    and puts it back afterwards."""
+    from prefect import flow
+    from prefect.logging.handlers import APILogHandler
+
+    from gpucnn.flows.pipeline import flow_run_scope
+    from gpucnn.flows.tasks import train_model
+    from gpucnn.train.config import TrainConfig
+
+    @flow
+    def train_only():
+        with flow_run_scope():
+            return train_model(TrainConfig(**quick), str(tmp_path / "run"))
+
+    handler = APILogHandler()
+    logging.getLogger("gpucnn").addHandler(handler)
+    try:
+        state = train_only(return_state=True)
+        assert handler in logging.getLogger("gpucnn").handlers
+    finally:
+        logging.getLogger("gpucnn").removeHandler(handler)
+    assert state.is_completed(), state
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # what Prefect's handler sent, if anything
+    messages = flow_run_logs(state.state_details.flow_run_id)
+    for epoch in (1, 2):
+        found = [m for m in messages if m.startswith(f"epoch {epoch}/2  train_loss")]
+        assert len(found) == 1, messages
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_reporter_whose_api_does_not_answer_never_raises_or_waits(caplog, monkeypatch):
+    """Calls return at once; one warning however many tries fail; closing waits its
+    timeout, no more, and says what was not sent."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gpucnn.flows import reporting
+
+    monkeypatch.setattr(reporting, "RETRY_S", (0.05, 0.1))
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{closed_port()}/api"}):
+        reporter = reporting.Reporter()
+    caplog.set_level(logging.INFO, logger="gpucnn.flows")
+    t0 = time.perf_counter()
+    state = reporter.new_progress("k", "d", 0.0, (None, None))
+    for i in range(50):
+        reporter.log({"name": "gpucnn.train", "level": 20, "message": f"line {i}"})
+        reporter.set_progress(state, float(i))
+    assert time.perf_counter() - t0 < 0.5  # queued, not sent, by the caller
+    deadline = time.monotonic() + 60  # its first try imports Prefect's client
+    while reporter.failing is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # several more failed tries
+    warnings = [r for r in caplog.records if "does not answer" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert "ConnectError" in warnings[0].getMessage()
+    t0 = time.perf_counter()
+    reporter.close(timeout=0.5)
+    assert time.perf_counter() - t0 < 1.5  # its timeout, and the join's half second
+    assert any(
+        "50 log line(s) and the progress artifact not sent" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
