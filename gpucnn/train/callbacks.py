@@ -18,7 +18,10 @@ from gpucnn.train.runs import plural
 
 if TYPE_CHECKING:
     from gpucnn.train.checkpoint import Checkpoint
-    from gpucnn.train.trainer import Trainer
+
+# the Trainer (gpucnn.train.trainer) calls these hooks with itself; that module imports this
+# one, so this one does not name it back (no two modules import each other)
+Trainer = Any
 
 
 def infer_mode(monitor: str, mode: str) -> str:

@@ -52,6 +52,16 @@ RandomAffine: ``device_augmentation``; drawn from a keyed hash, not the host gen
 parameters; and layers this module knows to be capturable (KNOWN_LAYERS). A capture that fails
 (a host sync, an operation CUDA refuses) does not stop training: the rest of the fit runs the
 same step uncaptured and ``fallback`` says why.
+
+Trust: each graph's first launch is checked against one eager step from the same state
+(gpucnn.train.graph_check: the same work launched by the host, the products by cuBLAS; the
+parameters, buffers, loss, gradient norm and correct count must agree to its stated
+tolerances, on copies, so the fit is unchanged by the check). A disagreement, or a launch that
+fails, keeps the eager step's result and sends the fit on uncaptured with ``fallback`` saying
+what differed and by how much. The GEMM kernels a graph holds are checked against cuBLAS per
+shape in the warm-up (gpucnn.backend.cuda.selfcheck); where they disagreed, captures fail and
+``unsupported`` says so. ``insist`` (the Trainer's ``cuda_graph=True``) raises instead of
+falling back.
 """
 
 from __future__ import annotations
@@ -84,6 +94,7 @@ from gpucnn.nn import (
 )
 from gpucnn.nn.module import Parameter
 from gpucnn.optim import SGD, Adam
+from gpucnn.train import graph_check
 from gpucnn.train.callbacks import Callback
 from gpucnn.train.errors import NonFiniteLossError, NonFiniteParametersError, TrainingError
 
@@ -109,7 +120,12 @@ KNOWN_LAYERS = (
 
 
 class GraphCaptureError(TrainingError):
-    """Capturing the step into a CUDA graph failed; the message says why."""
+    """Capturing the step into a CUDA graph (or launching it) failed; the message says why."""
+
+
+class GraphCheckError(GraphCaptureError):
+    """The captured step disagreed with the eager step (or its first launch failed); the
+    eager step's result was kept. The message says what differed and by how much."""
 
 
 def unsupported(trainer: Any, loader: Any) -> str | None:
@@ -122,6 +138,10 @@ def unsupported(trainer: Any, loader: Any) -> str | None:
         return f"CUDA graphs need the cuda device, not {backend.name}"
     if not hasattr(backend.stream, "begin_capture"):
         return "this CuPy cannot capture a stream into a CUDA graph"
+    checks = getattr(backend.kernels, "selfcheck", None)
+    off = checks.why_off("gemm") if checks is not None else None
+    if off is not None:
+        return f"a captured step needs the GEMM kernels, and {off}"
     if not isinstance(loader, DataLoader):
         return f"the train loader is a {type(loader).__name__}, not a gpucnn DataLoader"
     if not (is_device_array(loader.images) and is_device_array(loader.labels)):
@@ -223,7 +243,9 @@ class _StepGraph:
         self.capture: Any = None  # the backend's Capture: the graph and the memory it uses
         self.updated: list[Parameter] = []  # what the optimizer updated in the step
 
-    def run(self) -> None:
+    def run(self, index: int) -> None:
+        """Step ``index`` of the epoch: warm-up (uncaptured), or the first capture checked
+        against the eager step, or a launch; uncaptured once the fit has fallen back."""
         fit = self.fit
         if not (self.warm and fit.captures and fit.fallback is None):
             self.eager()
@@ -231,13 +253,24 @@ class _StepGraph:
         elif self.capture is None:
             try:
                 self.capture_step()
-            except GraphCaptureError as exc:
-                fit.fallback = str(exc)
+                fit.checks.append(self.checked_launch(index))
+            except GraphCheckError as exc:  # the eager step's result stands
+                fit.give_up(exc)
+            except GraphCaptureError as exc:  # nothing ran
+                fit.give_up(exc)
+                self.eager()
+        else:
+            try:
+                self.capture.graph.launch(fit.backend.stream)
+            except Exception as exc:
+                fit.give_up(
+                    GraphCaptureError(
+                        f"launching the captured step (batch {self.rows}) failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                )
                 self.eager()
                 return
-            self.capture.graph.launch(fit.backend.stream)  # its host counts moved in capture
-        else:
-            self.capture.graph.launch(fit.backend.stream)
             fit.count_step(self.updated)
 
     def eager(self) -> None:
@@ -245,24 +278,65 @@ class _StepGraph:
         with self.fit.backend.capturable():
             self.work()
 
+    def _counts(self) -> tuple[int, dict[Parameter, Any]]:
+        opt = self.fit.optimizer
+        return opt._t, {p: s.get("step") for p, s in opt.state.items()}
+
+    def _set_counts(self, counts: tuple[int, dict[Parameter, Any]]) -> None:
+        opt = self.fit.optimizer
+        opt._t, steps = counts
+        for p, s in opt.state.items():
+            if steps.get(p) is None:
+                s.pop("step", None)
+            else:
+                s["step"] = steps[p]
+
     def capture_step(self) -> None:
-        fit, opt = self.fit, self.fit.optimizer
-        t, steps = opt._t, {p: s.get("step") for p, s in opt.state.items()}
+        fit = self.fit
+        self._before_capture = self._counts()
         try:
             with fit.backend.capture() as capture:
                 self.work()
         except Exception as exc:
-            opt._t = t  # nothing ran: the step's host counts go back
-            for p, s in opt.state.items():
-                if steps.get(p) is None:
-                    s.pop("step", None)
-                else:
-                    s["step"] = steps[p]
+            self._set_counts(self._before_capture)  # nothing ran: the host counts go back
             raise GraphCaptureError(
                 f"capturing the training step (batch {self.rows}) failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         self.capture = capture
+
+    def checked_launch(self, index: int) -> graph_check.StepCheck:
+        """The first launch of the graph, checked against the eager step from the same state
+        (gpucnn.train.graph_check). Agreement: the graph's step stands. Otherwise the eager
+        step's result is put back and GraphCheckError says what differed."""
+        fit = self.fit
+        self._set_counts(self._before_capture)  # the eager step counts itself, as capture did
+        arrays = graph_check.step_arrays(fit)
+        params = list(fit.model.parameters())
+        before = graph_check.copies(arrays)
+        graph_grads = [p.grad for p in params]  # the graph's own arrays, written at launch
+        self.work()  # eager: launched by the host now, the products by cuBLAS
+        eager, eager_grads = graph_check.copies(arrays), [p.grad for p in params]
+        graph_check.put_back(arrays, before)
+        try:
+            self.capture.graph.launch(fit.backend.stream)
+            result = graph_check.compare(
+                fit, arrays, before, eager, (graph_grads, eager_grads), index, self.rows
+            )
+        except Exception as exc:
+            graph_check.put_back(arrays, eager)
+            raise GraphCheckError(
+                f"launching the captured step (batch {self.rows}) failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            fit.check_reads += 1
+        if not result.ok:
+            graph_check.put_back(arrays, eager)
+            raise GraphCheckError(result.line())
+        for p, grad in zip(params, graph_grads, strict=True):
+            p.grad = grad
+        return result
 
     def work(self) -> None:
         """The step's work, every per-step value read from device arrays (see the module
@@ -314,21 +388,32 @@ class GraphTraining:
         loader: the train DataLoader (``unsupported`` must return None for it).
         capture: False runs every step uncaptured (the same work, eagerly): the reference the
             graph path is tested against, and what a failed capture falls back to.
+        insist: raise (a GraphCaptureError, a TrainingError) where a capture, its check
+            against the eager step or a launch fails, instead of going on uncaptured; default:
+            the Trainer's ``cuda_graph is True``.
 
     Attributes:
-        fallback: None, or why capturing failed (the fit then goes on uncaptured).
+        fallback: None, or why the fit went on uncaptured (a capture or a launch that failed,
+            or a captured step that disagreed with the eager step: what, and by how much).
+        checks: the gpucnn.train.graph_check.StepCheck of each graph that passed its check.
+        check_reads: device-to-host reads those checks made (one each).
     """
 
-    def __init__(self, trainer: Any, loader: DataLoader, capture: bool = True) -> None:
+    def __init__(
+        self, trainer: Any, loader: DataLoader, capture: bool = True, insist: bool | None = None
+    ) -> None:
         reason = unsupported(trainer, loader)
         if reason is not None:
             raise TrainingError(f"cannot train with CUDA graphs: {reason}")
         self.trainer, self.loader, self.captures = trainer, loader, capture
+        self.insist = getattr(trainer, "cuda_graph", "auto") is True if insist is None else insist
         self.backend = trainer.backend
         self.model, self.criterion = trainer.model, trainer.criterion
         self.optimizer = trainer.optimizer
         self.augment = device_augmentation(loader.augment) if loader.augment is not None else None
         self.fallback: str | None = None
+        self.checks: list[graph_check.StepCheck] = []
+        self.check_reads = 0
         xp = self.backend.xp
         self._was_device_state = self.optimizer.device_state
         if not self._was_device_state:
@@ -351,6 +436,12 @@ class GraphTraining:
         self.losses, self.norms = self.stats[0], self.stats[1]
         self.correct = xp.zeros((), dtype=np.int64)
         self.steps = [_StepGraph(self, b)] + ([_StepGraph(self, tail)] if tail else [])
+
+    def give_up(self, exc: GraphCaptureError) -> None:
+        """Go on uncaptured, saying why (``fallback``); raise ``exc`` instead when insisting."""
+        if self.insist:
+            raise exc
+        self.fallback = str(exc)
 
     def count_step(self, updated: list[Parameter]) -> None:
         """The host's step counts after a launch (what Optimizer._step_on_device counts)."""
@@ -391,7 +482,7 @@ class GraphTraining:
         lrs = np.zeros(n_batches)
         for i in range(n_batches):
             lrs[i] = t.optimizer.lr  # what this step's update reads (Trainer's step_lr)
-            self.steps[0 if i < self.full_batches else 1].run()
+            self.steps[0 if i < self.full_batches else 1].run(i)
             t.global_step += 1
             for cb in batch_callbacks:  # after the update: e.g. the lr of the next batch
                 cb.on_batch_end(t, t.global_step)

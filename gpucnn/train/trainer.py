@@ -63,8 +63,10 @@ class Trainer:
             batch, BatchNorm statistics and dropout masks included). None: one per core, at
             most 8; 1: serial. The GPU ignores it.
         cuda_graph: on CUDA, run each training step as a captured CUDA graph replayed per
-            batch (gpucnn.train.graph): "auto" when the fit allows it (else it logs why and
-            trains eagerly), True to insist (a TrainingError says why not), False never.
+            batch (gpucnn.train.graph), each graph checked against the eager step at its first
+            launch (gpucnn.train.graph_check): "auto" when the fit allows it (else, or when a
+            capture fails or disagrees with the eager step, it logs why and trains eagerly),
+            True to insist (a TrainingError says why not), False never.
     """
 
     def __init__(

@@ -8,7 +8,10 @@ optim.py (fused Adam and SGD), warp.py (augmentation), gemm.py (tiled and split-
 step captured in a CUDA graph, where cuBLAS is refused) and batch.py (batches gathered and
 augmentation drawn on the device, for the same captured step) each hold their ``*_kernel``
 functions and the launchers that call them;
-launch.py holds what the launchers share (the one stream, launch shapes, argument checks).
+launch.py holds what the launchers share (the one stream, launch shapes, argument checks);
+selfcheck.py checks the kernel paths that stand in for a reference (the GEMM kernels for
+cuBLAS, the direct and fused convolutions for im2col + GEMM and the layers one by one) on
+their first use per shape on a device, and switches off a path that disagrees.
 
 For a step captured in a CUDA graph, whose launch arguments are frozen, the ``*_state``
 launchers read what changes per step from small device arrays (formulas.STATE_SIZE for the
@@ -25,6 +28,7 @@ from gpucnn.backend.cuda import (
     fused,
     optim,
     pool,
+    selfcheck,  # noqa: F401 - asked which paths are off (gpucnn.train.graph)
     warp,
     window,
     winograd,

@@ -18,6 +18,9 @@ memory (one fixed tree for all the taps), and writes one partial per (block, f, 
 gemm_reduce_kernel adds the blocks' partials in order. No atomics: dw and db are the same bits
 from run to run.
 
+Both launchers are checked against im2col + cuBLAS on each shape's first use on a device
+(selfcheck.py, path "direct"); where they disagreed, they compute through im2col and a GEMM.
+
 No float literal in a kernel: zero arrives as an argument of the data's dtype.
 """
 
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from numba import int32
 
 from gpucnn.backend.cuda import gemm as gemm_module
+from gpucnn.backend.cuda import selfcheck, window
 from gpucnn.backend.cuda.launch import (
     array_module,
     check,
@@ -136,10 +141,23 @@ def conv2d_direct_fwd(x: Any, w: Any, b: Any, stride: int, pad: int) -> Any:
     f, _, k, _ = w.shape
     _check_taps("conv2d_direct_fwd", c, k)
     w2 = xp.ascontiguousarray(w).reshape(f, c * k * k)
-    if b is None:
-        b = xp.zeros(f, dtype=x.dtype)
-    y = xp.empty((n, f, out_size(h, k, stride, pad), out_size(wd, k, stride, pad)), x.dtype)
-    direct_fwd_kernel[config(n * y.shape[2] * y.shape[3])](x, k, w2, b, stride, pad, y)
+    bias = xp.zeros(f, dtype=x.dtype) if b is None else b
+    oh, ow = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
+
+    def fast() -> tuple:
+        y = xp.empty((n, f, oh, ow), x.dtype)
+        direct_fwd_kernel[config(n * oh * ow)](x, k, w2, bias, stride, pad, y)
+        return (y,)
+
+    def reference(product: Any) -> tuple:  # im2col + a GEMM, as functional.conv2d_forward
+        cols = window.im2col(x, k, stride, pad)
+        yt = product(w2, cols).reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
+        y = xp.empty((n, f, oh, ow), x.dtype)
+        xp.add(yt, bias[None, :, None, None], out=y)
+        return (y,), lambda: (selfcheck.abs_product_max(w2, cols) + selfcheck.max_abs(bias),)
+
+    shape = ("fwd", tuple(x.shape), tuple(w.shape), stride, pad, np.dtype(x.dtype).str)
+    (y,) = selfcheck.run("direct", shape, fast, reference, ("y",), gemm_module.matmul)
     return y
 
 
@@ -156,11 +174,26 @@ def conv2d_direct_bwd(dy: Any, x: Any, k: int, stride: int, pad: int) -> tuple[A
     nf = dy.shape[1]
     _check_taps("conv2d_direct_bwd", c, k)
     taps = c * k * k
-    grid = filter_grid(nf, n * dy.shape[2] * dy.shape[3], BWD_THREADS)
-    partials = xp.empty((grid[0], nf, taps + 1), dtype=dy.dtype)
-    zero = dy.dtype.type(0)
-    direct_bwd_kernel[grid, BWD_THREADS, stream()](dy, x, k, stride, pad, zero, partials)
-    out = xp.empty((nf, taps + 1), dtype=dy.dtype)
-    one = dy.dtype.type(1)
-    gemm_module.gemm_reduce_kernel[config(out.size)](partials, one, zero, False, zero, out)
-    return out[:, :taps].reshape(nf, c, k, k), out[:, taps].copy()
+
+    def fast() -> tuple:
+        grid = filter_grid(nf, n * dy.shape[2] * dy.shape[3], BWD_THREADS)
+        partials = xp.empty((grid[0], nf, taps + 1), dtype=dy.dtype)
+        zero = dy.dtype.type(0)
+        direct_bwd_kernel[grid, BWD_THREADS, stream()](dy, x, k, stride, pad, zero, partials)
+        out = xp.empty((nf, taps + 1), dtype=dy.dtype)
+        one = dy.dtype.type(1)
+        gemm_module.gemm_reduce_kernel[config(out.size)](partials, one, zero, False, zero, out)
+        return out[:, :taps].reshape(nf, c, k, k), out[:, taps].copy()
+
+    def reference(product: Any) -> tuple:  # as functional.conv2d_backward through im2col
+        cols = window.im2col(x, k, stride, pad)
+        dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(nf, -1)
+        dw = product(dy2, cols.T).reshape(nf, c, k, k)
+        scales = lambda: (  # noqa: E731
+            selfcheck.abs_product_max(dy2, cols.T),
+            selfcheck.finite_abs(dy2).sum(axis=1).max(),
+        )
+        return (dw, dy2.sum(axis=1)), scales
+
+    shape = ("bwd", tuple(dy.shape), tuple(x.shape), k, stride, pad, np.dtype(dy.dtype).str)
+    return selfcheck.run("direct", shape, fast, reference, ("dw", "db"), gemm_module.matmul)

@@ -16,6 +16,9 @@ in shared memory (a fixed tree), and writes one partial per (f, block); bias_gra
 (one thread per filter) adds a filter's partials in order. No atomics: db is the same bits
 from run to run (not the CPU's: another order of the same sum). dY2 is the CPU's bits.
 
+Both launchers are checked on each shape's first use on a device against the layers'
+kernels one by one (selfcheck.py, path "fused"); where they disagreed, those kernels run.
+
 No float literal in a kernel: zero arrives as an argument of the data's dtype.
 """
 
@@ -26,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import formulas
+from gpucnn.backend.cuda import elementwise, pool, selfcheck
+from gpucnn.backend.cuda import gemm as gemm_module
 from gpucnn.backend.cuda.launch import THREADS, array_module, check, config, filter_grid, stream
 from gpucnn.backend.numba_cuda import cuda
 
@@ -123,10 +128,21 @@ def conv_relu_pool2x2_fwd(yt: Any, b: Any) -> tuple[Any, Any]:
         raise ValueError(
             f"conv_relu_pool2x2_fwd: expected a bias ({nf},) {yt.dtype}, got {b.shape}"
         )
-    y = xp.empty((nn, nf, oh // 2, ow // 2), dtype=yt.dtype)
-    arg = xp.empty(y.shape, dtype=np.int32)
-    conv_relu_pool_fwd_kernel[config(y.size)](yt, b, yt.dtype.type(0), y, arg)
-    return y, arg
+
+    def fast() -> tuple:
+        y = xp.empty((nn, nf, oh // 2, ow // 2), dtype=yt.dtype)
+        arg = xp.empty(y.shape, dtype=np.int32)
+        conv_relu_pool_fwd_kernel[config(y.size)](yt, b, yt.dtype.type(0), y, arg)
+        return y, arg
+
+    def reference(product: Any) -> tuple:  # as Sequential runs the layers: pool, then ReLU
+        z = xp.empty((nn, nf, oh, ow), dtype=yt.dtype)
+        xp.add(yt.transpose(1, 0, 2, 3), b[None, :, None, None], out=z)
+        pooled, arg = pool.maxpool2d_fwd(z, 2, 2, 0)
+        return (elementwise.relu_fwd(pooled), arg), lambda: (selfcheck.max_abs(z), None)
+
+    shape = ("fwd", tuple(yt.shape), np.dtype(yt.dtype).str)
+    return selfcheck.run("fused", shape, fast, reference, ("y", "argmax"), gemm_module.matmul)
 
 
 def conv_relu_pool2x2_bwd(dy: Any, arg: Any, y: Any, out_hw: tuple) -> tuple[Any, Any]:
@@ -152,11 +168,26 @@ def conv_relu_pool2x2_bwd(dy: Any, arg: Any, y: Any, out_hw: tuple) -> tuple[Any
             f"conv_relu_pool2x2_bwd: dy {tuple(dy.shape)}, an int32 argmax {tuple(arg.shape)} "
             f"and y {tuple(y.shape)} must all be (N, F, OH//2, OW//2) for OH, OW = {(oh, ow)}"
         )
-    zero = dy.dtype.type(0)
-    dy2 = xp.empty((nf, nn, oh, ow), dtype=dy.dtype)
-    grid = filter_grid(nf, nn * ((oh + 1) // 2) * ((ow + 1) // 2))
-    partials = xp.empty((nf, grid[0]), dtype=dy.dtype)
-    conv_relu_pool_bwd_kernel[grid, THREADS, stream()](dy, arg, y, zero, dy2, partials)
-    db = xp.empty(nf, dtype=dy.dtype)
-    bias_grad_reduce_kernel[config(nf)](partials, zero, db)
-    return dy2.reshape(nf, nn * oh * ow), db
+
+    def fast() -> tuple:
+        zero = dy.dtype.type(0)
+        dy2 = xp.empty((nf, nn, oh, ow), dtype=dy.dtype)
+        grid = filter_grid(nf, nn * ((oh + 1) // 2) * ((ow + 1) // 2))
+        partials = xp.empty((nf, grid[0]), dtype=dy.dtype)
+        conv_relu_pool_bwd_kernel[grid, THREADS, stream()](dy, arg, y, zero, dy2, partials)
+        db = xp.empty(nf, dtype=dy.dtype)
+        bias_grad_reduce_kernel[config(nf)](partials, zero, db)
+        return dy2.reshape(nf, nn * oh * ow), db
+
+    def reference(product: Any) -> tuple:  # the ReLU's backward, then the max pool's
+        g = elementwise.relu_bwd(dy, y)
+        dz = pool.maxpool2d_bwd(g, arg, (nn, nf, oh, ow), 2, 2, 0)
+        dy2 = xp.ascontiguousarray(dz.transpose(1, 0, 2, 3)).reshape(nf, nn * oh * ow)
+        db = g.sum(axis=(0, 2, 3))
+        return (dy2, db), lambda: (
+            selfcheck.max_abs(g),
+            selfcheck.finite_abs(g).sum(axis=(0, 2, 3)).max(),
+        )
+
+    shape = ("bwd", tuple(dy.shape), (oh, ow), np.dtype(dy.dtype).str)
+    return selfcheck.run("fused", shape, fast, reference, ("dY2", "db"), gemm_module.matmul)

@@ -66,6 +66,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+
+from gpucnn.backend.cuda import selfcheck
 from gpucnn.backend.cuda.launch import array_module, capturing, check, config, stream
 from gpucnn.backend.numba_cuda import cuda
 
@@ -265,7 +268,10 @@ def matmul(a: Any, b: Any) -> Any:
 
     cuBLAS (CuPy's ``@``) normally; while a step is captured (launch.capturing()) the GEMM
     kernels above, which a CUDA graph may hold: 2-D operands of one float dtype, each
-    C-contiguous or the transpose of one (any other layout is copied first).
+    C-contiguous or the transpose of one (any other layout is copied first). The kernels are
+    checked against cuBLAS on each shape's first use (selfcheck.py); where they disagreed
+    on this device, cuBLAS computes the product outside a capture, and a capture fails with
+    selfcheck.KernelPathOff (the fit then trains eagerly, saying why).
     """
     if not capturing():
         return a @ b
@@ -277,10 +283,30 @@ def matmul(a: Any, b: Any) -> Any:
     xp = array_module(a)
     a, b = _gemm_layout(xp, a), _gemm_layout(xp, b)
     (m, k), n = a.shape, b.shape[1]
+    if m == 0 or n == 0 or k == 0:  # nothing for a kernel to get wrong
+        return _product(xp, a, b, m, n, k)
+    # checked against cuBLAS on first use per shape and layout (selfcheck.py): the warm-up
+    # step before a capture runs here, so a capture meets only checked shapes
+    shape = (m, n, k, _layout(a), _layout(b), np.dtype(a.dtype).str)
+
+    def reference(product: Any) -> tuple:
+        return (product(a, b),), lambda: (selfcheck.abs_product_max(a, b),)
+
+    (out,) = selfcheck.run(
+        "gemm", shape, lambda: (_product(xp, a, b, m, n, k),), reference, ("the product",)
+    )
+    return out
+
+
+def _product(xp: Any, a: Any, b: Any, m: int, n: int, k: int) -> Any:
     out = xp.empty((m, n), dtype=a.dtype)
     size = gemm_workspace_size(m, n, k)
     workspace = xp.empty(size, dtype=a.dtype) if size else None
     return gemm(a, b, out, workspace=workspace)
+
+
+def _layout(x: Any) -> str:
+    return "C" if x.flags.c_contiguous else "F"
 
 
 def _gemm_layout(xp: Any, x: Any) -> Any:

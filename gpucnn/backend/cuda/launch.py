@@ -15,7 +15,9 @@ per size, so a step's launches compute their grid once per shape.
 Capturable mode (:func:`capturable`, :func:`capturing`): while a step is captured into a CUDA
 graph (gpucnn.backend.CudaBackend.capture), and while its warm-up runs, launchers take the
 path a capture allows: ``matmul`` runs the Numba GEMM (cuda/gemm.py) instead of cuBLAS, which
-CuPy refuses during stream capture.
+CuPy refuses during stream capture. :func:`stream_capturing` tells the capture itself from its
+warm-up: the kernel paths' self-checks (selfcheck.py) read the device, so they run in the
+warm-up, never in the capture.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "flat",
     "out_size",
     "stream",
+    "stream_capturing",
     "use_stream",
 ]
 
@@ -101,6 +104,18 @@ def capturable() -> Iterator[None]:
         yield
     finally:
         _capturable -= 1
+
+
+def stream_capturing() -> bool:
+    """True while the stream every launch goes to is being captured into a CUDA graph: nothing
+    runs then, and reading the device is refused (capturable() alone, a warm-up, runs)."""
+    s = _cupy_stream
+    if s is None or not hasattr(s, "is_capturing"):
+        return False
+    try:
+        return bool(s.is_capturing())
+    except Exception:  # a CuPy that cannot ask: a capture would have failed already
+        return False
 
 
 def current_stream() -> Any:

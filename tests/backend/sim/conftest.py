@@ -34,6 +34,26 @@ if SIM:
         fakecupy.install()
 
 
+@pytest.fixture(autouse=True)
+def kernel_checks(request):
+    """The kernel paths' self-checks (gpucnn.backend.cuda.selfcheck) start afresh in every
+    test, and a test that does not ask for ``expect_mismatch`` must leave every path on: a
+    kernel that disagreed with its reference fails the test that met it."""
+    from gpucnn.backend.cuda import selfcheck
+
+    selfcheck.CHECKS.forget()
+    yield selfcheck.CHECKS
+    off = [v.line() for v in selfcheck.CHECKS.switched_off()]
+    selfcheck.CHECKS.forget()
+    if "expect_mismatch" not in request.fixturenames:
+        assert not off, f"a kernel path was switched off: {off}"
+
+
+@pytest.fixture
+def expect_mismatch():
+    """For a test that injects a kernel mismatch: the paths it switches off are expected."""
+
+
 @pytest.fixture
 def dev():
     """(to_device, to_host) for the kernels' arrays."""

@@ -512,6 +512,39 @@ def using_allocator(allocator=None):
         _ALLOCATOR[0] = previous
 
 
+class runtime:  # noqa: N801 - CuPy's name (cupy.cuda.runtime)
+    """The CUDA runtime as gpucnn asks it (the doctor, the kernel self-checks): one device,
+    the simulator, no driver behind it."""
+
+    @staticmethod
+    def getDevice() -> int:  # noqa: N802 - CuPy's names
+        return 0
+
+    @staticmethod
+    def getDeviceCount() -> int:  # noqa: N802
+        return 1
+
+    @staticmethod
+    def getDeviceProperties(device: int) -> dict:  # noqa: N802
+        if device != 0:
+            raise RuntimeError(f"cudaErrorInvalidDevice: device {device}")
+        return {
+            "name": b"Numba CUDA simulator (tests/backend/sim/fakecupy.py)",
+            "major": 0,
+            "minor": 0,
+            "totalGlobalMem": 0,
+            "multiProcessorCount": 1,
+        }
+
+    @staticmethod
+    def driverGetVersion() -> int:  # noqa: N802
+        return 0
+
+    @staticmethod
+    def runtimeGetVersion() -> int:  # noqa: N802
+        return 0
+
+
 def install() -> types.ModuleType:
     """Register this module as ``cupy`` (when no real CuPy is importable) and return it."""
     module = types.ModuleType("cupy")
@@ -521,12 +554,14 @@ def install() -> types.ModuleType:
         asnumpy=asnumpy,
         array=asarray,
         get_default_memory_pool=get_default_memory_pool,
+        __version__="0+fakecupy",
     )
     module.cuda = types.SimpleNamespace(
         Stream=Stream,
         Graph=Graph,
         get_current_stream=get_current_stream,
         using_allocator=using_allocator,
+        runtime=runtime,
     )
 
     def __getattr__(name):

@@ -135,6 +135,8 @@ def test_products_avoid_cublas_while_capturing():
         g.standard_normal((4, 5)).astype(np.float32),
     )
     da, db = backend.asarray(a), backend.asarray(b)
+    with backend.capturable():  # the warm-up: the GEMM kernels checked on this shape
+        np.testing.assert_allclose(to_host(gpu.matmul(da, db.T)), a @ b.T, rtol=1e-5, atol=1e-6)
     with backend.capture() as capture:
         with pytest.raises(fake.CaptureError, match="cuBLAS"):
             da @ db.T
@@ -204,14 +206,19 @@ def _state(trainer):
 
 
 def _fit(trainer, loader, runner, epochs, first=0, after_epoch=None):
-    """Trainer._fit's epoch loop around ``runner.train_epoch``: logs and host reads per epoch."""
+    """Trainer._fit's epoch loop around ``runner.train_epoch``: logs and host reads per epoch
+    (those of the one-time checks apart: the kernel paths' and each first capture's)."""
+    from gpucnn.backend.cuda.selfcheck import CHECKS
+
     fake = _fake()
     logs, reads = [], []
     for epoch in range(first, epochs):
         loader.set_epoch(epoch)
-        before = fake.HOST_READS["n"] if fake else 0
+        before = (fake.HOST_READS["n"] if fake else 0) - CHECKS.reads - runner.check_reads
         logs.append(runner.train_epoch(loader, epoch, epochs))
-        reads.append((fake.HOST_READS["n"] if fake else 0) - before)
+        reads.append(
+            (fake.HOST_READS["n"] if fake else 0) - CHECKS.reads - runner.check_reads - before
+        )
         trainer.epoch = epoch + 1
         if after_epoch is not None:
             after_epoch(epoch)
@@ -249,6 +256,7 @@ def runs(tmp_path_factory):
             "states": states,
             "launches": launches,
             "fallback": runner.fallback,
+            "checks": [(c.rows, c.ok, c.line()) for c in runner.checks],
             "layers_during": kinds,
             "layers_after": [type(m).__name__ for m in trainer.model],
             "device_state": trainer.optimizer.device_state,
@@ -260,6 +268,10 @@ def runs(tmp_path_factory):
 def test_graph_epochs_equal_the_uncaptured_step(runs):
     graph, eager = runs["graph"], runs["eager"]
     assert graph["fallback"] is None
+    # each graph's first launch was checked against the eager step (on copies: the states
+    # below are the uncaptured run's) and agreed, the conv bias ahead of BatchNorm included
+    assert [c[:2] for c in graph["checks"]] == [(2, True), (1, True)] and eager["checks"] == []
+    assert graph["checks"][0][2].startswith("the captured step (batch 2) agrees with the eager")
     for got, want in zip(graph["states"], eager["states"], strict=True):
         _assert_close(got, want)
     for got, want in zip(graph["logs"], eager["logs"], strict=True):
