@@ -111,7 +111,7 @@ class Reporter:
             self._closing = True
             self._deadline = time.monotonic() + timeout
             self._wake.notify_all()
-        self._thread.join(timeout + 0.5)
+        self._thread.join(timeout + 0.5 if timeout > 0 else 0.1)  # a request may be under way
         with self._wake:
             lines = len(self._lines)
             progress = sum(p.unsent for p in self._progress.values())

@@ -7,10 +7,11 @@
 Runs as a Prefect flow against Prefect's own local API (an ephemeral SQLite server; nothing
 to start), or against the server PREFECT_API_URL names. Everything lands in a run folder
 (--output-dir/<run name>): config.json, data.json, checkpoints/, history.json, metrics.json,
-plots/. Running the same command again resumes a crashed run from its last checkpoint and
-reports a finished one without training or evaluating it again; a folder holding a run of
-another config is refused (--overwrite starts it over). One process at a time owns a run
-folder. --limit shrinks the training data only: test metrics are always on the whole test set.
+plots/, log.txt (every line of the run, also when this command's output has gone away).
+Running the same command again resumes a crashed run from its last checkpoint and reports a
+finished one without training or evaluating it again; a folder holding a run of another
+config is refused (--overwrite starts it over). One process at a time owns a run folder.
+--limit shrinks the training data only: test metrics are always on the whole test set.
 """
 
 from __future__ import annotations
