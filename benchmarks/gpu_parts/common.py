@@ -14,12 +14,9 @@ import numpy as np
 
 from benchmarks.torch_seed import copy_weights, torch_seed_cnn
 
-SEED_WINDOW_SHAPES = [  # (N, C, H, W, k, stride, pad): the seed model's convs and pools
-    (64, 1, 28, 28, 3, 1, 1),
-    (64, 32, 14, 14, 3, 1, 1),
-    (64, 32, 28, 28, 2, 2, 0),
-    (64, 64, 14, 14, 2, 2, 0),
-]
+# part (a)'s shapes and checks are the doctor's (gpucnn.doctor.agreement): Sizes() is the seed
+# model at batch 64; tests/backend/sim runs the same checks at tiny sizes
+from gpucnn.doctor.agreement import SEED_WINDOW_SHAPES, Sizes  # noqa: F401
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -66,21 +63,6 @@ class PartTimeout(BaseException):
 
 class Terminated(BaseException):
     """SIGTERM (run.sh's timeout): write the report and stop."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-    """The shapes part (a) checks at: the seed model's, by default. tests/backend/sim runs the
-    same code at tiny sizes in the CUDA simulator, so the script's glue is tested before it
-    meets a GPU."""
-
-    windows: tuple = tuple(SEED_WINDOW_SHAPES)
-    activations: tuple = (64, 32, 28, 28)  # after the first conv
-    logits: tuple = (64, 10)
-    fc_weight: tuple = (3136, 128)
-    image: tuple = (1, 28, 28)
-    batch: int = 64
-    model: Callable[[], object] | None = None  # default: models.build("seed", seed=0)
 
 
 @dataclasses.dataclass(frozen=True)

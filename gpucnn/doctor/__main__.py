@@ -1,0 +1,7 @@
+"""``python -m gpucnn.doctor``: see gpucnn.doctor."""
+
+import sys
+
+from gpucnn.doctor import main
+
+sys.exit(main())
