@@ -137,6 +137,7 @@ def test_notebook_runs_top_to_bottom_and_prints_what_it_states(
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as exc:
-        pytest.fail(f"{name} stopped:\n{exc}", pytrace=False)
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the traceback without its colours
+        pytest.fail(f"{name} stopped:\n{plain}", pytrace=False)
     missing = unprinted_figures(json.loads(nbformat.writes(nb)))
     assert not missing, f"{name}: stated figures no cell printed:\n" + "\n".join(missing)
