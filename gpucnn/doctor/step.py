@@ -11,6 +11,7 @@ warm-up epoch, and PyTorch's eager loop on the same device, model and batch for 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,18 @@ class Timing:
     note: str = ""
 
 
+def _timed(epoch: Callable[[], None], seconds: float) -> list[float]:
+    """Seconds of each call of ``epoch`` after a warm-up call, until ``seconds`` have passed
+    (at least one timed call)."""
+    epoch()  # compilation, capture
+    times: list[float] = []
+    while not times or sum(times) < seconds:
+        t0 = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def step_timing(
     backend: Backend,
     seconds: float = 2.0,
@@ -93,10 +106,11 @@ def step_timing(
     image: tuple = (1, 28, 28),
     batches: int | None = None,
 ) -> Timing:
-    """gpucnn's training step on ``backend`` for about ``seconds`` after a warm-up epoch (at
-    least one timed epoch of ``batches`` steps: default 32 on CUDA, 2 on a CPU), then
-    PyTorch's eager step on the same device, model and batch (when PyTorch is installed and
-    has that device)."""
+    """gpucnn's training step on ``backend``: epochs of ``batches`` steps (default 32 on
+    CUDA, 2 on a CPU) for about ``seconds`` after a warm-up epoch, and PyTorch's eager step on
+    the same device, model and batch (when PyTorch is installed and has that device) in runs
+    of as many steps for as long. Each is the median epoch over its steps: a busy machine's
+    slow moments do not decide it."""
     from gpucnn.train import graph
 
     batches = batches or (32 if backend.name == "cuda" else 2)
@@ -106,28 +120,27 @@ def step_timing(
     )
     run = runner.train_epoch if runner is not None else trainer._train_epoch
     out = Timing(how="CUDA graphs" if runner is not None else "eager")
+    count = [0]
+
+    def epoch() -> None:  # each epoch ends reading its metrics: a device sync
+        loader.set_epoch(count[0])
+        run(loader, count[0], 1 << 30)
+        count[0] += 1
+
     try:
-        epoch = 0
-        while True:  # epoch 0 is the warm-up: compilation, capture
-            loader.set_epoch(epoch)
-            if epoch == 1:
-                start = time.perf_counter()
-            run(loader, epoch, 1 << 30)  # each epoch ends reading its metrics: a device sync
-            epoch += 1
-            if epoch > 1 and time.perf_counter() - start >= seconds:
-                break
-        out.steps = (epoch - 1) * batches
-        out.gpucnn_ms = 1e3 * (time.perf_counter() - start) / out.steps
+        times = _timed(epoch, seconds)
+        out.steps = len(times) * batches
+        out.gpucnn_ms = 1e3 * statistics.median(times) / batches
         if runner is not None and runner.fallback is not None:
             out.how = f"eager (the graph fell back: {runner.fallback})"
     finally:
         if runner is not None:
             runner.close()
-    _torch_timing(out, backend, model, batch, image, seconds)
+    _torch_timing(out, backend, model, batch, image, seconds, batches)
     return out
 
 
-def _torch_timing(out: Timing, backend: Backend, model, batch, image, seconds) -> None:
+def _torch_timing(out: Timing, backend: Backend, model, batch, image, seconds, batches) -> None:
     from gpucnn.doctor import torch_twin
 
     if not torch_twin.installed():
@@ -150,24 +163,14 @@ def _torch_timing(out: Timing, backend: Backend, model, batch, image, seconds) -
     classes = int(net(x[:1]).shape[1])
     y = torch.randint(0, classes, (batch,), generator=g).to(device)
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-
-    def sync() -> None:
+    def epoch() -> None:
+        for _ in range(batches):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(3):
-        step()
-    sync()
-    steps, start = 0, time.perf_counter()
-    while steps < 1 or time.perf_counter() - start < seconds:
-        step()
-        steps += 1
-        if steps % 8 == 0:
-            sync()
-    sync()
-    out.torch_steps = steps
-    out.torch_ms = 1e3 * (time.perf_counter() - start) / steps
+    times = _timed(epoch, seconds)
+    out.torch_steps = len(times) * batches
+    out.torch_ms = 1e3 * statistics.median(times) / batches
