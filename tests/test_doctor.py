@@ -121,6 +121,7 @@ def test_the_known_traps_are_named_with_their_fixes(monkeypatch):
     monkeypatch.setattr(devices, "driver_cuda_version", lambda: (12, 4))
     dists = {"numba-cuda": "0.20.0"}
     monkeypatch.setattr(devices, "_dist_version", dists.get)
+    monkeypatch.delenv("CUPY_TF32", raising=False)
     monkeypatch.setattr(devices.np, "__version__", "2.5.0")
     traps = {t.name: t for t in devices.traps()}
     numpy_trap = traps["NumPy >= 2.5 with numba-cuda"]
@@ -138,9 +139,11 @@ def test_the_known_traps_are_named_with_their_fixes(monkeypatch):
         devices, "cupy_wheels", lambda: {"cupy-cuda12x": "13", "cupy-cuda13x": "13"}
     )
     assert "several CuPy wheels" in {t.name: t for t in devices.traps()}[wheel.name].seen
+    monkeypatch.setenv("CUPY_TF32", "1")
+    assert {t.name: t for t in devices.traps()}["CUPY_TF32 set"].found
     monkeypatch.setattr(devices, "cupy_wheels", dict)
     monkeypatch.setattr(devices, "_dist_version", {}.get)
-    assert [t.found for t in devices.traps()] == [None, None, None]  # a CPU-only machine
+    assert [t.found for t in devices.traps()] == [None] * 4  # a CPU-only machine
 
 
 def test_help_explains_and_the_console_script_is_declared():

@@ -188,7 +188,7 @@ class Trap:
 
 def traps() -> list[Trap]:
     """NumPy >= 2.5 beside numba-cuda, a CuPy wheel for the wrong CUDA major version (or two
-    wheels), and no driver where GPU packages are installed."""
+    wheels), CUPY_TF32 (cuBLAS in TF32), and no driver where GPU packages are installed."""
     numba_cuda, wheels, driver = _dist_version("numba-cuda"), cupy_wheels(), driver_cuda_version()
     numpy_major_minor = tuple(int(p) for p in np.__version__.split(".")[:2])
     out = []
@@ -230,6 +230,18 @@ def traps() -> list[Trap]:
         )
         out.append(Trap("CuPy for the wrong CUDA major version", bad, seen, fix_wheel))
     wants_gpu = bool(wheels) or numba_cuda is not None
+    tf32 = os.environ.get("CUPY_TF32", "0") not in ("", "0")
+    out.append(
+        Trap(
+            "CUPY_TF32 set",
+            tf32 if wheels else None,
+            f"CUPY_TF32={os.environ.get('CUPY_TF32', '')!r}: cuBLAS rounds float32 products to "
+            "TF32 (about 3 decimal digits), and the GEMM kernels' check against it fails"
+            if tf32
+            else "CUPY_TF32 is not set: cuBLAS computes float32 products in float32",
+            "unset CUPY_TF32",
+        )
+    )
     out.append(
         Trap(
             "no NVIDIA driver",

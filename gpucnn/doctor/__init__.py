@@ -7,7 +7,7 @@ It says what the machine offers gpucnn and whether gpucnn computes right on it, 
    its threads, Prefect and PyTorch (when installed);
 2. devices: the CPU, each CUDA device, and what ``--device auto`` picks and why;
 3. known traps, each with its fix: NumPy >= 2.5 beside numba-cuda, a CuPy wheel for the wrong
-   CUDA major version, no NVIDIA driver;
+   CUDA major version (or two), CUPY_TF32 (cuBLAS in TF32), no NVIDIA driver;
 4. checks on each device asked for: every kernel family at small shapes against its reference
    (gpucnn.doctor.agreement: the CPU twin for CUDA, float64 NumPy for the CPU), a model's
    loss and gradients, one captured CUDA-graph step against the eager step, and the kernel
