@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from gpucnn.train.atomic import write_json
+from gpucnn.train.config import TrainConfig
+
 pytest.importorskip("prefect")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,44 +127,49 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
             "output_dir": str(runs),
             "run_name": "deployed",
         }
+        # a second run, at the same time, on a folder that holds a run of another config
+        write_json(runs / "refused" / "config.json", TrainConfig(lr=0.01).to_dict())
+        refusing = {**params, "run_name": "refused"}
         code = (
-            "import json, sys\n"
+            "import json, sys, time\n"
             "from prefect import get_client\n"
             "from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId\n"
             "from prefect.deployments import run_deployment\n"
-            "fr = run_deployment('gpucnn-train/train', parameters=json.loads(sys.argv[1]),"
-            " timeout=600)\n"
+            "runs = [run_deployment('gpucnn-train/train', parameters=p, timeout=0)"
+            " for p in json.loads(sys.argv[1])]\n"
+            "deadline, out = time.time() + 600, []\n"
             "with get_client(sync_client=True) as client:\n"
-            "    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId("
-            "any_=[fr.id])), limit=200)\n"
-            "print(json.dumps({'state': [fr.state.type.value, fr.state.name],"
-            " 'message': fr.state.message, 'logs': [log.message for log in logs]}))\n"
+            "    while not all(r.state.is_final() for r in runs) and time.time() < deadline:\n"
+            "        time.sleep(1)\n"
+            "        runs = [client.read_flow_run(r.id) for r in runs]\n"
+            "    for r in runs:\n"
+            "        logs = client.read_logs(log_filter=LogFilter(flow_run_id="
+            "LogFilterFlowRunId(any_=[r.id])), limit=200)\n"
+            "        out.append({'state': [r.state.type.value, r.state.name],"
+            " 'message': r.state.message, 'logs': [log.message for log in logs]})\n"
+            "print(json.dumps(out))\n"
         )
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps([params, refusing])],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=660,
+        )
+        worker_log = (tmp_path / "worker.log").read_text()
+        assert out.returncode == 0, out.stderr + worker_log[-3000:]
+        done, refused = json.loads(out.stdout.splitlines()[-1])
 
-        def deployment_run(parameters: dict) -> dict:
-            out = subprocess.run(
-                [sys.executable, "-c", code, json.dumps(parameters)],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=660,
-            )
-            worker_log = (tmp_path / "worker.log").read_text()
-            assert out.returncode == 0, out.stderr + worker_log[-3000:]
-            return {**json.loads(out.stdout.splitlines()[-1]), "worker": worker_log[-3000:]}
-
-        done = deployment_run(params)
-        assert done["state"] == ["COMPLETED", "Completed"], done
+        assert done["state"] == ["COMPLETED", "Completed"], (done, worker_log[-3000:])
         metrics = json.loads((runs / "deployed" / "metrics.json").read_text())
         assert metrics["samples"] == 10000 and 0.0 <= metrics["accuracy"] <= 1.0
         assert (runs / "deployed" / "checkpoints" / "best.npz").exists()
         epochs = [m for m in done["logs"] if m.startswith("epoch 1/1  train_loss")]
         assert len(epochs) == 1, done["logs"]
 
-        # the same run folder with another config: refused, the way out said as parameters
-        refused = deployment_run({**params, "config": {**params["config"], "lr": 0.01}})
-        assert refused["state"][0] == "FAILED", refused
+        # refused, the way out said as the deployment's parameters
+        assert refused["state"][0] == "FAILED", (refused, worker_log[-3000:])
         message = refused["message"]
         assert "another config" in message and "overwrite=true" in message, refused
         assert "run_name=..." in message and "--overwrite" not in message, refused
