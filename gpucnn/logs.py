@@ -242,7 +242,9 @@ class GuardedStream:
 def _handlers() -> Iterator[logging.Handler]:
     loggers = [logging.getLogger()]
     loggers += [
-        v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)
+        v
+        for v in list(logging.Logger.manager.loggerDict.values())  # another thread may add
+        if isinstance(v, logging.Logger)
     ]
     seen: set[int] = set()
     for logger in loggers:
@@ -272,7 +274,8 @@ def guard_standard_streams() -> None:
             continue
         for handler in _handlers():
             if isinstance(handler, logging.StreamHandler) and handler.stream is raw:
-                handler.setStream(guarded)
+                with handler.lock:  # not setStream: its flush of a broken stream would raise
+                    handler.stream = guarded
             console = getattr(handler, "console", None)  # rich.console.Console
             if console is not None and getattr(console, "_file", None) is raw:
                 console.file = guarded

@@ -276,3 +276,49 @@ def test_a_guarded_stream_passes_other_errors_through():
 
     with pytest.raises(OSError, match="No space left"):
         GuardedStream(Full(), "stdout").write("x")
+
+
+GUARDED = """
+import logging, pathlib, sys, time
+from gpucnn.logs import guard_standard_streams, run_log
+handler = logging.StreamHandler(sys.stderr)  # as Prefect's console handler, made before
+logging.getLogger().addHandler(handler)
+guard_standard_streams()
+print("ready", flush=True)
+sys.stdin.readline()  # the reader has gone away by now
+with run_log(sys.argv[1]):
+    for i in range(3):
+        logging.getLogger("gpucnn.train").warning("epoch %d", i)
+        print("result", i)  # to stdout, buffered until exit
+    time.sleep(0.2)
+pathlib.Path(sys.argv[2]).write_text("done")
+"""
+
+
+def test_a_process_whose_output_pipe_closes_runs_to_its_end_and_exits_0(tmp_path):
+    """stdout and stderr are one pipe whose reader goes away: logging, print and Python's
+    last flush at exit all succeed, the lines go on in the run's log file."""
+    script = tmp_path / "guarded.py"
+    script.write_text(GUARDED)
+    log_file, done = tmp_path / "log.txt", tmp_path / "done"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(log_file), str(done)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout.readline().strip() == b"ready"
+    proc.stdout.close()
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    assert done.read_text() == "done"
+    text = log_file.read_text()
+    assert [line.split(": ", 1)[1] for line in text.splitlines() if "epoch" in line] == [
+        "epoch 0",
+        "epoch 1",
+        "epoch 2",
+    ], text
+    assert "stderr went away (BrokenPipeError" in text, text

@@ -287,7 +287,7 @@ def _api_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
 
     loggers = [logging.getLogger(LOGGER)] + [
         v
-        for k, v in logging.Logger.manager.loggerDict.items()
+        for k, v in list(logging.Logger.manager.loggerDict.items())
         if k.startswith(LOGGER + ".") and isinstance(v, logging.Logger)
     ]
     return [(lg, h) for lg in loggers for h in lg.handlers if type(h) is APILogHandler]
