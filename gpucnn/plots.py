@@ -39,7 +39,7 @@ class EvaluatedRun(Protocol):
 def unavailable() -> str | None:
     """Why plots cannot be drawn here (matplotlib missing), or None when they can."""
     try:
-        _pyplot()
+        _figure()
     except ImportError as exc:
         return str(exc)
     return None
@@ -82,21 +82,23 @@ def run_plots(
     return files
 
 
-def _pyplot() -> Any:
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure of its own: drawn and saved without pyplot, so making one opens no
+    window, needs no GUI backend and leaves the caller's pyplot (a notebook's inline figures)
+    as it was; a notebook shows the returned Figure when it is a cell's value."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only; never a window
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("plots need matplotlib: pip install 'gpucnn[plots]'") from exc
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)  # its own canvas: draws and saves PNGs, whatever pyplot's backend
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
-    _pyplot().close(fig)
     return path
 
 
@@ -175,11 +177,11 @@ def curves_figure(
     Returns:
         The matplotlib Figure (three Axes: loss, accuracy, learning rate).
     """
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     epochs = history["epoch"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    fig = _figure(figsize=(14, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
     for split, style in (("train", "-o"), ("val", "-s")):
         losses = history.get(f"{split}_loss", [])
         if any(v is not None and math.isfinite(v) for v in losses):
@@ -232,7 +234,6 @@ def confusion_figure(cm: np.ndarray, classes: list[str], run_name: str | None = 
     largest error share, so they stand out rather than vanish beside the diagonal; every
     non-zero count written in its cell, the diagonal's with its recall; the accuracy and the
     largest confusions in the title."""
-    plt = _pyplot()
     from matplotlib.ticker import PercentFormatter
 
     cm = np.asarray(cm, dtype=np.int64)
@@ -242,7 +243,8 @@ def confusion_figure(cm: np.ndarray, classes: list[str], run_name: str | None = 
     errors = np.ma.masked_where(diagonal, share)
     top = float(errors.max()) if errors.count() and errors.max() > 0 else 1.0
     side = min(4.0 + 0.55 * k, 14.0)
-    fig, ax = plt.subplots(figsize=(side + 1.6, side), layout="constrained")
+    fig = _figure(figsize=(side + 1.6, side), layout="constrained")
+    ax = fig.subplots()
     im = ax.imshow(errors, cmap="Reds", vmin=0, vmax=top)
     ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Greys", vmin=0, vmax=4)  # light
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format=PercentFormatter(1.0, 1))
@@ -291,7 +293,6 @@ def predictions(
 ) -> Path:
     """A grid of ``n`` images titled "predicted (true)": the mistakes first (in red), then
     correct predictions (in black), each group in dataset order."""
-    plt = _pyplot()
     labels, preds = np.asarray(labels), np.asarray(preds)
     shown = mistakes_first(labels, preds, n)
     wrong = np.flatnonzero(preds != labels)
@@ -300,7 +301,8 @@ def predictions(
     width, wspace, hspace = cols * 1.15, 0.06, 0.25
     side = 0.98 * width / (cols + (cols - 1) * wspace)  # an image's side, in inches
     height = rows * side * (1 + hspace) + 0.45  # rows of square images under their titles
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    fig = _figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False)
     top = 1 - 0.45 / height
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=wspace, hspace=hspace)
     for k, ax in enumerate(axes.ravel()):
@@ -409,7 +411,6 @@ def feature_maps_figure(model: Any, image: np.ndarray, x: np.ndarray, per_row: i
     """
     from gpucnn import nn
 
-    plt = _pyplot()
     stages = feature_stages(model, x)
     conv = next((m for _, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     cols = per_row + 1  # the top row: the input, then the filters; the others: maps
@@ -417,7 +418,7 @@ def feature_maps_figure(model: Any, image: np.ndarray, x: np.ndarray, per_row: i
     width = 0.1 + cols * (cell + gap) + bar
     row_h = head + label + cell
     height = (len(stages) + 1) * row_h + 0.1
-    fig = plt.figure(figsize=(width, height))
+    fig = _figure(figsize=(width, height))
 
     def at(column: int, top: float, w: float = cell, h: float = cell) -> Any:
         left = 0.1 + column * (cell + gap)
@@ -458,10 +459,10 @@ def feature_maps_figure(model: Any, image: np.ndarray, x: np.ndarray, per_row: i
 
 def sweep_curves(histories: dict[str, dict[str, list]], path: str | Path) -> Path:
     """Validation loss and accuracy per epoch of every trial of a sweep, one line each."""
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig = _figure(figsize=(12, 4))
+    axes = fig.subplots(1, 2)
     for name, h in histories.items():
         axes[0].plot(h["epoch"], h["val_loss"], "-o", ms=3, label=name)
         axes[1].plot(h["epoch"], h["val_accuracy"], "-o", ms=3, label=name)

@@ -248,3 +248,18 @@ def imported_modules(path: Path) -> set[str]:
 def test_plots_does_not_import_the_recipe_that_calls_it():
     assert "gpucnn.plots" in imported_modules(ROOT / "gpucnn" / "train" / "recipe.py")
     assert not {m for m in imported_modules(ROOT / "gpucnn" / "plots.py") if "train" in m}
+
+
+def test_drawing_leaves_pyplots_backend_alone():
+    """A notebook's inline figures keep working after gpucnn draws (it used to switch
+    matplotlib to Agg for the whole process)."""
+    import matplotlib
+
+    was = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        fig = plots.curves_figure(one_cycle_history(), best_epoch=2)
+        assert matplotlib.get_backend() == "svg"
+        assert fig.canvas.get_supported_filetypes().get("png")  # and it still saves PNGs
+    finally:
+        matplotlib.use(was)
