@@ -7,7 +7,8 @@ kernels' own check in the warm-up step, gpucnn.backend.cuda.selfcheck), and a st
 captured form differs from its eager form (ReLU doubled only while the stream is captured:
 caught by the first launch's check against the eager step, gpucnn.train.graph_check). Each
 fit goes on eagerly with one line saying why, ends as the eager fit, and under
-cuda_graph=True raises instead. Each fit here costs ~15 s in the simulator.
+cuda_graph=True raises instead. A graph launch that fails later (a CUDA error) sends the fit
+eager too. Each fit here costs ~15 s in the simulator.
 """
 
 from __future__ import annotations
@@ -85,3 +86,35 @@ def test_a_captured_step_that_disagrees_with_the_eager_step_is_not_used(
     _assert_close(_state(trainer), eager_fit, rtol=2e-5, atol=1e-6)
     with pytest.raises(TrainingError, match=r"the captured step \(batch 2\) disagrees"):
         _trainer(_clean(), cuda_graph=True).fit(_loader(), epochs=1)
+
+
+def test_a_launch_that_fails_later_sends_the_fit_eager_and_counts_no_step(monkeypatch, caplog):
+    """The graph's second launch raises (as a CUDA error would): that step runs eagerly, the
+    rest of the fit too, and the host's step counts (which checkpoints save) stay exact."""
+    import cupy
+
+    from tests.backend.sim import fakecupy
+
+    if cupy.ndarray is not fakecupy.ndarray:
+        pytest.skip("makes the stand-in's graph launch fail")
+    launch, launches = fakecupy.Graph.launch, []
+
+    def second_fails(graph, stream=None):
+        launches.append(graph)
+        if len(launches) == 2:
+            raise RuntimeError("cudaErrorLaunchFailure: unspecified launch failure")
+        launch(graph, stream)
+
+    monkeypatch.setattr(fakecupy.Graph, "launch", second_fails)
+    trainer = _trainer(_clean())
+    with caplog.at_level(logging.INFO, logger="gpucnn.train"):
+        trainer.fit(_loader(), epochs=2)
+    (eagerly,) = [m for m in _messages(caplog, "gpucnn.train") if "training eagerly" in m]
+    assert eagerly == (
+        "training eagerly: launching the captured step (batch 2) failed: RuntimeError: "
+        "cudaErrorLaunchFailure: unspecified launch failure"
+    )
+    assert len(launches) == 2 and trainer.global_step == 6 and trainer.history["epoch"] == [1, 2]
+    assert trainer.optimizer._t == 6 and {s["step"] for s in trainer.optimizer.state.values()} == {
+        6
+    }
