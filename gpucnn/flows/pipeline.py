@@ -23,7 +23,7 @@ from prefect.artifacts import create_table_artifact
 from gpucnn.flows import reporting
 from gpucnn.flows.cli import expand_grid
 from gpucnn.flows.tasks import download_dataset, evaluate_model, prepare_data, train_model
-from gpucnn.logs import guard_standard_streams, run_log
+from gpucnn.logs import guard_standard_streams, run_log, show_info
 from gpucnn.train import recipe
 from gpucnn.train.checkpoint import load_checkpoint
 from gpucnn.train.config import TrainConfig
@@ -47,8 +47,10 @@ def flow_run_scope() -> Iterator[None]:
     """What a flow's body runs in: standard streams whose going away ends nothing
     (gpucnn.logs.guard_standard_streams), ways out said as the flow's parameters unless the
     command line calling it said its flags, and a reporting session (gpucnn.flows.reporting:
-    log lines and progress sent off training's path, held through an API outage)."""
+    log lines and progress sent off training's path, held through an API outage); gpucnn's
+    INFO lines let through (a deployment's flow run sets no level)."""
     guard_standard_streams()
+    show_info()
     with ways_out("flow parameters", keep_said=True), reporting.session():
         yield
 
