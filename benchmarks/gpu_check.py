@@ -1,12 +1,16 @@
 """One prepared GPU check: correctness, step and kernel timings and epochs, gpucnn vs PyTorch.
 
     PYTHONPATH=. python benchmarks/gpu_check.py --data-dir .device-data [--out DIR]
-        [--parts a,g,s,f,c,p,d,k,b,t] [--skip ...] [--budget-s 270] [--quick]
+        [--parts a,o,g,s,f,c,p,d,k,b,t] [--skip ...] [--budget-s 270] [--quick]
 
 Needs numba (numba-cuda), cupy, torch and numpy only; no network, no prefect. Parts, in the
 order they run (each one's failure is reported and the others still run):
   (a) CUDA vs CPU agreement: every window kernel at the seed model's real shapes, then the
-      seed model's loss and every parameter gradient for one batch of 64;
+      seed model's loss and every parameter gradient for one batch of 64 (the doctor's
+      checks, gpucnn.doctor.agreement, at the seed model's shapes);
+  (o) ``python -m gpucnn.doctor`` in its own process: its report in this one, its --json in
+      --out/doctor.json (versions, devices, traps, its checks, the captured step against the
+      eager step, the kernel paths' verdicts, a step timing beside PyTorch's);
   (g) one CUDA graph per step vs the eager step: the seed model trained --graph-steps steps
       (batch 64, Adam AMSGrad, the same batches) both ways through the Trainer; the
       parameters must agree to --graph-tol relative (max |diff| / max |param|); PASS/FAIL;
@@ -69,7 +73,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # the parts, one module each (benchmarks/gpu_parts); their names are re-exported here, where
 # tests/backend/sim/test_gpu_check.py finds them
-from benchmarks.gpu_parts.agreement import check_agreement, kernel_tests_on_gpu  # noqa: E402
+from benchmarks.gpu_parts.agreement import (  # noqa: E402
+    check_agreement,
+    doctor_on_gpu,
+    kernel_tests_on_gpu,
+)
 from benchmarks.gpu_parts.common import (  # noqa: E402, F401
     PART_ORDER,
     PART_TITLES,
@@ -96,6 +104,7 @@ from benchmarks.gpu_parts.steps import STEP_VARIANTS, StepTime, step_timings  # 
 # process, ~0.5-1 s each, in whichever part first launches it)
 PART_MIN_S = {
     "a": 15,
+    "o": 30,
     "g": 10,
     "s": 15,
     "f": 10,
@@ -256,6 +265,7 @@ def main(argv: list[str] | None = None, started: float = START) -> int:
 
     parts: dict[str, Callable[[], Any]] = {
         "a": lambda: check_agreement(lines),
+        "o": lambda: doctor_on_gpu(lines, out_dir, timeout=min(120, budget.left())),
         "g": part_g,
         "s": lambda: step_timings(lines, results, sizes, fused=False, budget=budget),
         "f": lambda: step_timings(lines, results, sizes, fused=True, budget=budget),

@@ -1,4 +1,5 @@
-"""Parts (a) and (t) of benchmarks/gpu_check.py: CUDA vs CPU agreement, kernel tests on a GPU."""
+"""Parts (a), (o) and (t) of benchmarks/gpu_check.py: CUDA vs CPU agreement, the doctor, and the
+kernel tests on a GPU."""
 
 from __future__ import annotations
 
@@ -30,6 +31,53 @@ def check_agreement(lines: list[str], sizes: Sizes = Sizes()) -> bool:  # noqa: 
     lines += [f"| {r.family} | {r.name} | {r.diff:.2e} | {r.tol:.0e} | {r.ok} |" for r in rows]
     lines.append("")
     return all(r.ok for r in rows)
+
+
+def doctor_on_gpu(
+    lines: list[str], out_dir: Path, args: tuple[str, ...] = (), timeout: float = 120
+) -> bool:
+    """``python -m gpucnn.doctor`` in its own process (a fresh self-check state, its own exit
+    status and time): its text report in the lines, then ``--json --no-timing`` into
+    ``out_dir/doctor.json``. True when both exit 0."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "gpucnn.doctor", *args]
+
+    def run(*extra: str) -> tuple[subprocess.CompletedProcess, float]:
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [*cmd, *extra], cwd=root, env=env, capture_output=True, text=True,
+            timeout=max(1.0, timeout),
+        )  # fmt: skip
+        return out, time.perf_counter() - t0
+
+    lines += [f"## (o) python -m gpucnn.doctor {' '.join(args)}".rstrip(), ""]
+    try:
+        text, seconds = run()
+        found, _ = run("--json", "--no-timing")
+    except subprocess.TimeoutExpired as exc:
+        lines += [f"stopped after {exc.timeout:.0f} s", ""]
+        return False
+    lines += ["```", *text.stdout.strip().splitlines()[-120:], "```", ""]
+    if not text.stdout.strip():
+        lines += [f"exit {text.returncode}, no report:", "```", text.stderr[-2000:], "```", ""]
+    try:
+        (out_dir / "doctor.json").write_text(json.dumps(json.loads(found.stdout), indent=1))
+    except ValueError:
+        lines += ["--json gave no JSON object:", "```", found.stderr[-1500:], "```", ""]
+        return False
+    lines += [
+        f"exit status {text.returncode} in {seconds:.1f} s (--json --no-timing: exit "
+        f"{found.returncode}, in doctor.json)",
+        "",
+    ]
+    return text.returncode == 0 and found.returncode == 0
 
 
 def kernel_tests_on_gpu(lines: list[str], timeout: float = 300) -> bool:

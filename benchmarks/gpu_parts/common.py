@@ -21,9 +21,10 @@ from gpucnn.doctor.agreement import SEED_WINDOW_SHAPES, Sizes  # noqa: F401
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-PART_ORDER = ("a", "g", "s", "f", "c", "p", "d", "k", "b", "t")
+PART_ORDER = ("a", "o", "g", "s", "f", "c", "p", "d", "k", "b", "t")
 PART_TITLES = {
     "a": "CUDA vs CPU agreement",
+    "o": "python -m gpucnn.doctor on this machine",
     "g": "one CUDA graph per step vs the eager step",
     "s": "the training step, wall and GPU time",
     "f": "the training step with the fused Conv + ReLU + MaxPool2d(2), and with a direct conv1",

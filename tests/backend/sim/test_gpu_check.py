@@ -355,3 +355,17 @@ def test_the_kernel_table_times_every_op_of_the_step_against_its_reference():
     for c in body:  # batch, ratio (n/a where a reference took no time), event us
         assert c[1] == "2" and re.fullmatch(NUMBER + "|n/a", c[4]), c
         assert re.fullmatch(NUMBER, c[6]) and re.fullmatch(NUMBER, c[7]), c
+
+
+def test_the_doctor_part_reports_the_doctor_and_writes_its_json(tmp_path):
+    """Part (o) runs the doctor in its own process (here on the CPU only: a subprocess has no
+    stand-in CuPy), its report in the lines and its JSON beside the report."""
+    import json
+
+    lines: list[str] = []
+    ok = gpu_check.doctor_on_gpu(lines, tmp_path, ("--device", "cpu", "--no-timing"))
+    assert ok, "\n".join(lines)
+    text = "\n".join(lines)
+    assert lines[0] == "## (o) python -m gpucnn.doctor --device cpu --no-timing"
+    assert "\ndoctor: ok (exit 0): cpu " in text and "exit status 0 in " in text
+    assert json.loads((tmp_path / "doctor.json").read_text())["exit_code"] == 0
