@@ -167,6 +167,7 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
         assert (runs / "deployed" / "checkpoints" / "best.npz").exists()
         epochs = [m for m in done["logs"] if m.startswith("epoch 1/1  train_loss")]
         assert len(epochs) == 1, done["logs"]
+        assert any(m.startswith("fetching ") for m in done["logs"]), done["logs"]  # gpucnn.data
 
         # refused, the way out said as the deployment's parameters
         assert refused["state"][0] == "FAILED", (refused, worker_log[-3000:])
