@@ -2,7 +2,9 @@
 one, never half of one.
 
 The bytes go to a temporary file in the same folder, are flushed and fsynced, then renamed
-over the final name (and the folder fsynced, so the rename itself is durable). With
+over the final name (and the folder fsynced, so the rename itself is durable). The file is
+made as ``open()`` makes one, its mode following the umask (0644 under the usual 022), so a
+run folder's files all share one mode. With
 ``keep_previous`` the file being replaced is first renamed to ``<name>.prev<suffix>`` (e.g.
 ``last.prev.npz``): a run whose newest checkpoint turns out corrupt can fall back to the one
 before. Each step is a named moment of gpucnn.train.faults, where tests kill the process.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +34,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], keep_previous: 
     """Write ``path`` through ``write(file)`` atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PART}")
+    fd, tmp = _make_temporary(path)
     try:
         try:
             with os.fdopen(fd, "wb") as f:
@@ -52,6 +54,18 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], keep_previous: 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def _make_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` named ``.<name>.part-<random>``, open for writing; mode 0666
+    less the umask, as open() makes files (tempfile.mkstemp would make it 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}{PART}{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def write_json(path: Path, value: Any) -> Path:

@@ -3,15 +3,20 @@
 - **Names** are single path components (no separators, "..", control characters or a leading
   dot), so ``--run-name`` can never write outside ``--output-dir``.
 - **Ownership**: :meth:`RunFolder.claim` holds an exclusive ``flock`` on ``<run>/.lock`` for
-  the run's life; a second process fails at once, naming the holder's PID. The kernel drops
-  the lock when its holder dies, SIGKILL included, so no stale lock survives a crash. Claims
-  nest within one process (the CLI claims, then the flow and the recipe claim again).
+  the run's life; a second process fails at once, naming the holder's PID. The file is
+  removed when the claim ends, so it is there only while a process holds it; the kernel
+  drops the lock when its holder dies, SIGKILL included, so a file a killed holder left is
+  no obstacle (the next claim takes it, and removes it in turn). Claims nest within one
+  process (the CLI claims, then the flow and the recipe claim again).
 - **One config**: ``config.json`` records the run's TrainConfig; resuming with a config that
   differs in anything but the fields a resumed run may change (RESUMABLE) is refused, naming
   the fields, instead of silently mixing two runs in one folder.
-- **Ways out** are said as the user gives them (:func:`way_out`): ``--overwrite`` and
-  ``--run-name`` on the command line, ``overwrite=true`` and ``run_name=...`` to a flow run
-  (a deployment's parameters).
+- **Ways out** are said as the user gives them (:func:`way_out`): ``--overwrite``,
+  ``--run-name`` and ``--output-dir`` on the command line, ``overwrite=true``,
+  ``run_name=...`` and ``output_dir=...`` to a flow run (a deployment's parameters).
+- **Evaluations** of a checkpoint (:func:`evaluation_of`) go beside the run's own results,
+  named after the checkpoint (``metrics-best.json``, ``plots-best/``), unless they are asked
+  to update the run (``metrics.json``, ``plots/``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ RUN_FILES = (
     "log.txt",
 )
 RUN_DIRS = ("checkpoints", "plots", "tensorboard")
+# evaluations of the run's checkpoints, named after them (cleared by --overwrite too)
+EVALUATION_FILES = ("metrics-*.json",)
+EVALUATION_DIRS = ("plots-*",)
 # fields that say where data and arrays live and what is logged, not what a run computes
 LOCATION = ("device", "data_dir", "mirrors", "tensorboard")
 # fields a resumed run may change: those, and how many epochs to train for at most
@@ -53,8 +61,16 @@ RESUMABLE = (*LOCATION, "epochs")
 # The way out of a refusal, as the user says it: flags on the command line (the default), or
 # a flow's parameters in a deployment's or a script's flow run (gpucnn.flows says which)
 WAYS_OUT = {
-    "command line": {"overwrite": "--overwrite", "run_name": "--run-name"},
-    "flow parameters": {"overwrite": "overwrite=true", "run_name": "run_name=..."},
+    "command line": {
+        "overwrite": "--overwrite",
+        "run_name": "--run-name",
+        "output_dir": "--output-dir",
+    },
+    "flow parameters": {
+        "overwrite": "overwrite=true",
+        "run_name": "run_name=...",
+        "output_dir": "output_dir=...",
+    },
 }
 _ways_out: contextvars.ContextVar[str | None] = contextvars.ContextVar("ways_out", default=None)
 
@@ -63,7 +79,8 @@ _held_guard = threading.Lock()
 
 
 def way_out(what: str) -> str:
-    """How the user says ``what`` ("overwrite", "run_name") where the run came from."""
+    """How the user says ``what`` ("overwrite", "run_name", "output_dir") where the run came
+    from."""
     return WAYS_OUT[_ways_out.get() or "command line"][what]
 
 
@@ -153,8 +170,13 @@ class RunFolder:
             return "an unknown process"
 
     @contextlib.contextmanager
-    def claim(self) -> Iterator[RunFolder]:
-        """Hold the folder for this process (made if missing) until the block ends.
+    def claim(self, instead: str = "run_name") -> Iterator[RunFolder]:
+        """Hold the folder for this process (made if missing) until the block ends; the lock
+        file goes with the claim.
+
+        Args:
+            instead: what a refusal offers to choose instead (a key of WAYS_OUT's entries:
+                "run_name" for a training run, "output_dir" for an evaluation or a sweep).
 
         Raises:
             RunFolderError: another process holds it (the message names its PID).
@@ -165,7 +187,7 @@ class RunFolder:
                 _held[key][1] += 1
                 entry = None
             else:
-                entry = self._lock()
+                entry = self._lock(instead)
                 _held[key] = [entry[0], 1]
         try:
             yield self
@@ -176,20 +198,30 @@ class RunFolder:
                     f = _held.pop(key)[0]
                     self._unlock(f, made=entry[1] if entry else False)
 
-    def _lock(self) -> tuple[Any, bool]:
+    def _lock(self, instead: str = "run_name") -> tuple[Any, bool]:
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.lock_path, "a+")  # noqa: SIM115 - held open for the run's life
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        while True:
+            f = open(self.lock_path, "a+")  # noqa: SIM115 - held open for the run's life
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                f.close()
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise RunFolderError(
+                    f"run folder {self.path} is in use by {self.holder()}; wait for that run "
+                    f"to end, or choose another {way_out(instead)}"
+                ) from None
+            # the holder before us may have removed the file between our open and our lock:
+            # a lock on a removed file holds nothing (a third process locks the new one)
+            try:
+                same = os.path.samestat(os.fstat(f.fileno()), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             f.close()
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise RunFolderError(
-                f"run folder {self.path} is in use by {self.holder()}; wait for that run to "
-                f"end, or choose another {way_out('run_name')}"
-            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
@@ -197,12 +229,14 @@ class RunFolder:
         return f, made
 
     def _unlock(self, f: Any, made: bool) -> None:
-        # a folder this claim made and nothing else used (a download failed, say) goes again
-        if made and [p.name for p in self.path.iterdir()] == [".lock"]:
-            with contextlib.suppress(OSError):
-                self.lock_path.unlink()
-                self.path.rmdir()
+        # removed while still locked: a process that opens it later makes a new one
+        with contextlib.suppress(OSError):
+            self.lock_path.unlink()
         f.close()
+        # a folder this claim made and nothing else used (a download failed, say) goes again
+        if made:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     # -- config --------------------------------------------------------------------------
     def recorded_config(self) -> dict[str, Any] | None:
@@ -250,9 +284,53 @@ class RunFolder:
             return None
         return {"summary": summary, "metrics": metrics}
 
+    def finished_result(self) -> dict[str, Any] | None:
+        """What training a finished run returns (the train flow's result, without training
+        or evaluating it again): the run folder, its summary, its test metrics and
+        ``already_finished``; None when the run has not finished."""
+        done = self.finished()
+        if done is None:
+            return None
+        metrics = done["metrics"]
+        test = {k: metrics.get(k) for k in ("accuracy", "loss", "top3_accuracy", "samples")}
+        return {
+            "run_dir": str(self.path),
+            **done["summary"],
+            "test": test,
+            "already_finished": True,
+        }
+
     def clear(self) -> None:
-        """Remove what a run wrote here (RUN_FILES, RUN_DIRS), keeping anything else."""
+        """Remove what a run wrote here (RUN_FILES, RUN_DIRS, and the evaluations of its
+        checkpoints), keeping anything else."""
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
         for name in RUN_DIRS:
             shutil.rmtree(self.path / name, ignore_errors=True)
+        for pattern in EVALUATION_FILES:
+            for p in self.path.glob(pattern):
+                p.unlink(missing_ok=True)
+        for pattern in EVALUATION_DIRS:
+            for p in self.path.glob(pattern):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def evaluation_of(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    update_run: bool = False,
+) -> tuple[Path, str | None]:
+    """Where an evaluation of ``checkpoint`` goes: its folder, and the name its files carry.
+
+    The folder is ``output_dir``, else the checkpoint's run folder (the parent of its
+    checkpoints/ folder), else the checkpoint's own folder. The name is the checkpoint's
+    (``best`` for best.npz: ``metrics-best.json`` and ``plots-best/``), so evaluating a
+    checkpoint leaves the run's own results alone; with ``update_run`` it is None: the run's
+    ``metrics.json`` and ``plots/`` are rewritten.
+    """
+    path = Path(checkpoint).resolve()
+    if output_dir is not None:
+        folder = Path(output_dir)
+    else:
+        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return folder, None if update_run else path.name.removesuffix(".npz")

@@ -306,6 +306,8 @@ class Trainer:
         if val_loader is not None:
             self.check_loader(val_loader, "validation")
         self.stop_training = False
+        if self.progress.enabled:  # whatever the device was asked as ("auto" says why too)
+            self.log(f"training on {self.backend.name}")
         self._parallel = data_parallel(self.model, self.criterion, self.backend, self.workers)
         try:
             self._fit(train_loader, val_loader, epochs)

@@ -4,6 +4,7 @@ last.npz, one owner per folder, one config per folder, names that stay inside th
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -158,3 +159,65 @@ def test_a_full_disk_names_the_file_and_leaves_it_intact(tmp_path):
         write_atomic(target, full)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+# -- a tidy run folder ----------------------------------------------------------------------
+def test_the_lock_is_removed_when_the_run_ends(tmp_path):
+    folder = RunFolder(tmp_path / "r")
+    with folder.claim():
+        (folder.path / "config.json").write_text("{}")
+        assert folder.lock_path.exists()  # while a process holds it
+    assert folder.path.is_dir() and sorted(p.name for p in folder.path.iterdir()) == ["config.json"]
+    with folder.claim():  # and the folder can be claimed again
+        pass
+    assert not folder.lock_path.exists()
+
+
+def test_a_lock_left_by_a_killed_holder_is_taken_and_removed(tmp_path):
+    with folder_held_elsewhere(tmp_path / "r"):  # killed at the end: its .lock stays
+        (tmp_path / "r" / "config.json").write_text("{}")
+    assert (tmp_path / "r" / ".lock").exists()
+    with RunFolder(tmp_path / "r").claim():
+        pass
+    assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_a_claim_that_raced_a_release_does_not_hold_the_removed_file(tmp_path, monkeypatch):
+    """The lock file goes when its run ends. A claimant that opened it just before must not
+    hold a lock on the removed file while a third one locks the new file: it finds the file
+    replaced, and the folder in use by the third."""
+    import fcntl
+
+    folder = RunFolder(tmp_path / "r")
+    first = folder._lock()
+    (folder.path / "config.json").write_text("{}")
+    real_flock, third = fcntl.flock, []
+
+    def the_first_ends_and_a_third_claims(f, op):  # between our open and our lock
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        folder._unlock(*first)
+        third.append(folder._lock())
+        return real_flock(f, op)
+
+    monkeypatch.setattr(fcntl, "flock", the_first_ends_and_a_third_claims)
+    with pytest.raises(RunFolderError, match=f"in use by process {os.getpid()} on "):
+        folder._lock()
+    assert third
+    folder._unlock(*third[0])
+    assert not folder.lock_path.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
+def test_files_in_a_run_folder_follow_the_umask(tmp_path, umask):
+    import stat
+
+    from gpucnn.train.atomic import write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "summary.json", {})  # atomic: a temporary file renamed
+        (tmp_path / "history.csv").write_text("epoch\n")  # a plain open()
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"summary.json": 0o666 & ~umask, "history.csv": 0o666 & ~umask}
