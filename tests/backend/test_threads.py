@@ -82,6 +82,41 @@ def test_split_kernels_give_the_serial_bits(split_everything, monkeypatch):
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "transpose", "exact"),
+    [
+        ((32, 9), (9, 6272), None, True),  # conv1's forward GEMM: split by columns
+        ((64, 3136), (128, 3136), "b", True),  # the first linear layer, x @ W.T
+        ((128, 64), (64, 3136), None, True),
+        ((36, 512, 32), (36, 32, 64), None, True),  # Winograd's batched products
+        ((36, 512, 32), (36, 512, 64), "a", True),  # and its weight gradient, V.T @ dM
+        ((32, 6272), (9, 6272), "b", False),  # conv1's weight gradient: split by rows
+    ],
+)
+def test_split_products_match_the_single_threaded_one(split_everything, monkeypatch, a_shape,
+                                                      b_shape, transpose, exact):  # fmt: skip
+    import importlib
+
+    gemm = importlib.import_module("gpucnn.backend.cpu.gemm")  # the module (cpu.gemm: its GEMM)
+    monkeypatch.setattr(gemm, "MIN_SPLIT_MACS", 1)
+    g = np.random.default_rng(0)
+    a = g.standard_normal(a_shape).astype(np.float32)
+    b = g.standard_normal(b_shape).astype(np.float32)
+    if transpose == "a":
+        a = a.transpose(0, 2, 1)  # a view, as the layers pass it
+    elif transpose == "b":
+        b = b.T
+    with threads.blas_single():
+        want = a @ b
+    got = gemm.matmul(a, b)
+    assert got.shape == want.shape
+    if exact:  # columns and batch items: the same dot products, the same bits
+        np.testing.assert_array_equal(got, want)
+    else:  # rows: OpenBLAS may take another kernel for fewer rows; reproducible all the same
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        np.testing.assert_array_equal(gemm.matmul(a, b), got)
+
+
 def test_split_really_runs_ranges_in_other_threads(split_everything):
     import threading
 

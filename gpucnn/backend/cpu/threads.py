@@ -1,12 +1,14 @@
 """How many cores the CPU kernels use, and the split of a kernel's work that uses them.
 
-BLAS already runs a GEMM on every core. The rest of a step (im2col and col2im, the Winograd
-transforms, pooling, ReLU, BatchNorm, the loss, Adam) runs in Numba kernels, which are serial
-loops over independent items (images, planes, channels, rows, elements); :func:`split` runs
-one over ranges of its items in threads, the first range in the calling thread. The kernels
-release the GIL (``nogil=True``), so the ranges run at once. Each range writes only its own
-items and any sum is taken per item and added afterwards in one fixed order, so the results
-are the same bits whatever the thread count.
+A whole step runs on these threads. The Numba kernels (im2col and col2im, the Winograd
+transforms, pooling, ReLU, BatchNorm, the loss, Adam) are serial loops over independent items
+(images, planes, channels, rows, elements); :func:`split` runs one over ranges of its items in
+threads, the first range in the calling thread. The kernels release the GIL
+(``nogil=True``), so the ranges run at once. Each range writes only its own items and any sum
+is taken per item and added afterwards in one fixed order, so the results are the same bits
+whatever the thread count. The matrix products split the same way (gemm.matmul: by batch
+items, rows or columns, BLAS on one thread in each range, :func:`blas_single`), so OpenBLAS's
+own pool, which spins after each call, never runs beside this one.
 
 The number of threads is one setting for both: :func:`set_num_threads` sizes BLAS (through
 threadpoolctl) and the kernels together; until it is called, the kernels take BLAS's own
@@ -82,6 +84,30 @@ def limit(n: int) -> Iterator[None]:
         yield
     finally:
         _setting[0] = was
+
+
+@functools.cache
+def _blas_libs() -> tuple:
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process (NumPy's)."""
+    from threadpoolctl import ThreadpoolController
+
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextlib.contextmanager
+def blas_single() -> Iterator[None]:
+    """BLAS runs on its calling thread alone within the block (its setting is put back after):
+    each range of a product split over these threads is one single-threaded GEMM, and
+    OpenBLAS's own threads stay asleep, instead of spinning next to ours after every call."""
+    libs = _blas_libs()
+    was = [lib.get_num_threads() for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, was, strict=True):
+            lib.set_num_threads(n)
 
 
 class _Worker:
