@@ -64,9 +64,10 @@ def filter_transform(w: Any, m: int) -> Any:
     Shape: w (F, C, 3, 3) -> (alpha², C, F). Computed in float64 (the 1/6 and 1/24 of
     F(4×4, 3×3) are not exact in binary) and returned in w's dtype.
     """
-    xp = backend_of(w).xp
+    be = backend_of(w)
+    xp = be.xp
     f, c = w.shape[:2]
-    u = _kron_g(m, xp) @ w.reshape(f * c, 9).T.astype(xp.float64)  # (alpha², F*C)
+    u = be.kernels.matmul(_kron_g(m, xp), w.reshape(f * c, 9).T.astype(xp.float64))  # (α², F*C)
     u = u.reshape(-1, f, c).transpose(0, 2, 1)  # (alpha², C, F)
     return xp.ascontiguousarray(u, dtype=w.dtype)
 
@@ -76,9 +77,10 @@ def filter_grad(du: Any, m: int, w_shape: tuple) -> Any:
 
     Shape: (alpha², C, F) -> (F, C, 3, 3).
     """
-    xp = backend_of(du).xp
+    be = backend_of(du)
+    xp = be.xp
     f, c = w_shape[:2]
-    d = _kron_g(m, xp).T @ du.reshape(-1, c * f).astype(xp.float64)  # (9, C*F)
+    d = be.kernels.matmul(_kron_g(m, xp).T, du.reshape(-1, c * f).astype(xp.float64))  # (9, C*F)
     d = d.reshape(3, 3, c, f).transpose(3, 2, 0, 1)  # (F, C, 3, 3)
     return xp.ascontiguousarray(d, dtype=du.dtype)
 

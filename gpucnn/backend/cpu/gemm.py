@@ -44,14 +44,20 @@ MIN_SPLIT_MACS = 1 << 20  # multiply-adds: a smaller product costs more to hand 
 def matmul(a: Any, b: Any) -> Any:
     """Shape: a (M, K), b (K, N) -> a @ b (M, N), or a batch of them: a (B, M, K), b (B, K, N)
     -> (B, M, N); a new array (NumPy's matmul, BLAS), split over the kernel threads."""
-    k = threads.get_num_threads()
-    if k < 2 or a.ndim != b.ndim or a.ndim not in (2, 3) or a.shape[:-2] != b.shape[:-2]:
-        return a @ b
+    if threads.get_num_threads() < 2:
+        return a @ b  # BLAS as its own setting says (one thread in the sharded step)
     m, kk = a.shape[-2:]
     n = b.shape[-1]
     batch = a.shape[0] if a.ndim == 3 else 1
-    if batch * m * kk * n < MIN_SPLIT_MACS or b.shape[-2] != kk:
-        return a @ b
+    if (
+        a.ndim != b.ndim
+        or a.ndim not in (2, 3)
+        or a.shape[:-2] != b.shape[:-2]
+        or b.shape[-2] != kk
+        or batch * m * kk * n < MIN_SPLIT_MACS
+    ):
+        with threads.blas_single():  # not split, and OpenBLAS's pool still left asleep
+            return a @ b
     out = np.empty((*a.shape[:-2], m, n), dtype=np.result_type(a, b))
     if batch > 1:
         fn, items = _batch_range, batch
