@@ -138,8 +138,24 @@ def run_log(path: str | os.PathLike, loggers: tuple[str, ...] = (LOGGER,)) -> It
         path: the file (its folder must exist); made at the first line.
         loggers: the loggers whose lines it takes (gpucnn's by default; a flow adds Prefect's
             flow- and task-run loggers).
+
+    Nested on the same file (a command line keeps it open around the flow it calls, so that
+    records made after the flow's body, such as Prefect's crash record, reach it too), the
+    inner block shares the outer's handler: each line is written once.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
+    with _open_guard:
+        outer = _open_logs.get(path)
+    if outer is not None:  # the file is open already (a command line around its flow): share it
+        added = [n for n in loggers if outer not in logging.getLogger(n).handlers]
+        for name in added:
+            logging.getLogger(name).addHandler(outer)
+        try:
+            yield path
+        finally:
+            for name in added:
+                logging.getLogger(name).removeHandler(outer)
+        return
     handler = _RunLogFile(path, mode="a", encoding="utf-8", delay=True)
     handler.setFormatter(_RunLogFormat())
     handler.setLevel(logging.INFO)

@@ -131,9 +131,13 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the command lines' exit statuses and signal handling (imports no Prefect)
+    from gpucnn.flows.cli import EXIT_STATUS, run_cli
+
     ap = argparse.ArgumentParser(
         prog="python -m gpucnn.predict",
         description=__doc__,
+        epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("images", nargs="+", help="PNG or JPEG files")
@@ -142,25 +146,29 @@ def main(argv: list[str] | None = None) -> int:
         "--top", type=_positive_int, default=3, help="how many classes to list (default 3)"
     )
     args = ap.parse_args(argv)
-    from gpucnn.inference import load
-    from gpucnn.train.errors import CheckpointError
 
-    try:
-        model = load(args.checkpoint)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.top > len(model.classes):
-        ap.error(f"argument --top: this model has {len(model.classes)} classes, got {args.top}")
-    try:
-        results = _predict(model, args.images, args.top)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for r in results:
-        others = ", ".join(f"{c} {p:.3f}" for c, p in r["top"])
-        print(f"{r['path']}: {r['class']} (p={r['probability']:.3f})  top: {others}")
-    return 0
+    def body() -> int:
+        from gpucnn.inference import load
+        from gpucnn.train.errors import CheckpointError
+
+        try:
+            model = load(args.checkpoint)
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if args.top > len(model.classes):
+            ap.error(f"argument --top: this model has {len(model.classes)} classes, got {args.top}")
+        try:
+            results = _predict(model, args.images, args.top)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for r in results:
+            others = ", ".join(f"{c} {p:.3f}" for c, p in r["top"])
+            print(f"{r['path']}: {r['class']} (p={r['probability']:.3f})  top: {others}")
+        return 0
+
+    return run_cli(body, interrupted="interrupted")
 
 
 if __name__ == "__main__":

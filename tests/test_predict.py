@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -253,3 +255,44 @@ def test_top_lists_every_class_when_asked(tmp_path, checkpoint, capsys):
         main(["--top", "10", "--checkpoint", str(checkpoint), str(digit(tmp_path, "a.png"))]) == 0
     )
     assert len(capsys.readouterr().out.split("top: ")[1].split(", ")) == 10
+
+
+# -- signals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_ends_predict_in_one_line_with_its_exit_status(tmp_path, checkpoint, sig, code):
+    """As the training command: 128 + the signal, one line, no traceback. The image is a FIFO,
+    so predict waits on reading it until the signal comes."""
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    root = Path(gpucnn.__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpucnn.predict", "--checkpoint", str(checkpoint), str(fifo)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None:  # a non-blocking writer opens once predict has opened the FIFO
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.2)  # predict is reading it now (nothing comes)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert err.strip() == "interrupted" and out == ""

@@ -1,15 +1,23 @@
 """Command-line plumbing shared by the flow entry points; imports no Prefect until a flow runs.
 
-Prefect's API. Unless PREFECT_API_URL (or the active Prefect profile) names a server,
-:func:`prepare_prefect_env` starts Prefect's local API server as a child of this process that
-cannot outlive it (gpucnn.flows.local_api). With PREFECT_API_URL set, nothing is started.
+Prefect only when it is needed. Whatever can be answered without a flow is answered before
+Prefect starts: bad values, a run folder in use or holding another config, a run that has
+finished. Then :func:`start_prefect` launches Prefect's local API server (unless
+PREFECT_API_URL or the active Prefect profile names a server) as a child of this process that
+cannot outlive it (gpucnn.flows.local_api); the command verifies its data meanwhile, and
+:func:`prefect_ready` waits for the server before the flow runs.
+
+Exit status (:data:`EXIT_STATUS`, in every command's --help): 0 done; 1 a failure at run
+time (data that cannot be had, a checkpoint or run folder that cannot be used, no GPU), said in
+one line; 2 a usage error or a bad value (argparse's, and a value a config field refuses:
+:func:`bad_values`); 130 and 143 interrupted by SIGINT and SIGTERM.
 
 Signals. SIGINT (Ctrl-C, to this process or its whole process group) and SIGTERM end a run
-alike: Prefect marks the flow run crashed, one line says "interrupted; re-run the same
-command to resume from the last checkpoint", and the exit status is 128 + the signal: 130
-for SIGINT, 143 for SIGTERM. The process is gone within EXIT_DEADLINE_S (3.5 s) of the signal
-whatever is still running (a sweep's trial threads, a log flush); a second signal ends it
-at once.
+alike: Prefect marks the flow run crashed (its crash records go to the run's logs and
+log.txt, not to the console), one line says "interrupted; re-run the same command to resume
+from the last checkpoint", and the exit status is 128 + the signal: 130 for SIGINT, 143 for
+SIGTERM. The process is gone within EXIT_DEADLINE_S (3.5 s) of the signal whatever is still
+running (a sweep's trial threads, a log flush); a second signal ends it at once.
 
 Logs: gpucnn's INFO lines (epochs, the device, early stopping, learning-rate changes,
 resuming) go to Prefect's run logs and console, and a training run's to its folder's log.txt;
@@ -21,6 +29,7 @@ Ways out of a refusal name the command line's flags (``--overwrite``, ``--run-na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -30,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gpucnn.flows import local_api
@@ -39,6 +48,11 @@ from gpucnn.train.config import PRESETS, TrainConfig, field_types
 from gpucnn.train.runs import ways_out
 
 GROUPS = {"run": "run", "where": "where the data comes from"}
+
+EXIT_STATUS = (
+    "exit status: 0 done, 1 a failure at run time (said in one line), 2 a usage error or a bad "
+    "value, 130 and 143 interrupted (SIGINT: Ctrl-C, SIGTERM)"
+)
 
 
 def parse_value(name: str, text: str) -> Any:
@@ -106,6 +120,15 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
+def checkpoint_config(
+    saved: dict[str, Any], data_dir: str | None = None, mirrors: list[str] | None = None
+) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (``saved``: its config), its data found
+    in ``data_dir`` and ``mirrors`` when they are given (an evaluation elsewhere)."""
+    overrides = {"data_dir": data_dir, "mirrors": mirrors}
+    return TrainConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid's values, in a stable order."""
     keys = sorted(grid)
@@ -115,19 +138,60 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def prepare_prefect_env() -> None:
+def start_prefect() -> None:
     """Telemetry off, gpucnn's INFO lines in Prefect's logs (the ``gpucnn`` logger is attached
     to them, for processes started from here such as Dask workers too, and set to INFO; in
     this process a flow's reporting session sends them instead), and an API: the server
-    PREFECT_API_URL names, or Prefect's local server started by :func:`start_local_api`. The
-    local server gets 90 s to start (Prefect's 20 s is short on a busy 2-core machine)."""
+    PREFECT_API_URL names, or Prefect's local server, launched now (gpucnn.flows.local_api:
+    its start overlaps with what the command does next; :func:`prefect_ready` waits for it).
+    The local server gets 90 s to start (Prefect's 20 s is short on a busy 2-core machine).
+    Imports Prefect."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     extra = [n for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n]
     if "gpucnn" not in extra:
         os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join([*extra, "gpucnn"])
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # lines logged before the flow starts (the data verified meanwhile) have no flow run to go to
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     show_info()
     local_api.start_local_api()
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's console now: the lines before the flow look like its own
+    quiet_expected_tracebacks()
+
+
+def prefect_ready() -> None:
+    """Wait until the API :func:`start_prefect` chose answers (the local server's start)."""
+    local_api.wait_for_local_api()
+    quiet_expected_tracebacks()  # on any console handler set up since
+
+
+def verify_data(configs: list[TrainConfig]) -> None:
+    """Fetch what is missing and verify the datasets ``configs`` name, each once (a command
+    does it while Prefect's local API starts; the flow's own check then finds them whole)."""
+    from gpucnn import data
+
+    seen = set()
+    for c in configs:
+        key = (c.dataset, c.data_dir, tuple(c.mirrors or ()))
+        if key not in seen:
+            seen.add(key)
+            data.download(c.dataset, c.data_dir, c.mirrors)
+
+
+class _BadValue(Exception):
+    """A value of the command line broke a rule (exit status 2); carries the ValueError."""
+
+
+@contextlib.contextmanager
+def bad_values() -> Iterator[None]:
+    """A ValueError raised in this block is a bad value of the command line: run_cli reports
+    it in one line, as any failure, but with exit status 2, as argparse's usage errors."""
+    try:
+        yield
+    except ValueError as exc:
+        raise _BadValue(exc) from exc
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -180,11 +244,34 @@ class _NoTracebackForExpected(logging.Filter):
         return True
 
 
+class _QuietAfterInterrupt(logging.Filter):
+    """Keeps the console to gpucnn's one line once a run is interrupted: Prefect's records of
+    the interrupt ("Crash detected! Execution was aborted by an interrupt signal", the task's
+    and flow's crashed states) and anything logged after the signal are dropped from the
+    console; the run's logs (Prefect's API, log.txt) still take them."""
+
+    _about = ("aborted by an interrupt signal", "aborted by a termination signal")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _received is not None:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _interrupt_code(exc) is not None:
+            return False
+        return not any(about in record.getMessage() for about in self._about)
+
+
 def quiet_expected_tracebacks() -> None:
-    """Attach the filter to Prefect's console handlers (call after importing prefect)."""
+    """Attach the filters to Prefect's console handlers (call after importing prefect)."""
     for name in ("prefect", ""):
         for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_NoTracebackForExpected())
+            if not any(isinstance(f, _NoTracebackForExpected) for f in handler.filters):
+                handler.addFilter(_NoTracebackForExpected())
+            console = isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            )
+            if console and not any(isinstance(f, _QuietAfterInterrupt) for f in handler.filters):
+                handler.addFilter(_QuietAfterInterrupt())
 
 
 INTERRUPTED = "interrupted; re-run the same command to resume from the last checkpoint"
@@ -195,11 +282,14 @@ _said = threading.Event()  # the line was printed
 _saying = threading.RLock()  # reentrant: a second signal may arrive while the line is printed
 
 
+_line = INTERRUPTED  # what the interrupted command says (run_cli's ``interrupted``)
+
+
 def _say_interrupted() -> None:
     with _saying:
         if not _said.is_set():
             _said.set()
-            print(INTERRUPTED, file=sys.stderr, flush=True)
+            print(_line, file=sys.stderr, flush=True)
 
 
 def _exit_now() -> None:
@@ -240,15 +330,18 @@ def _interrupt_code(exc: BaseException) -> int | None:
     return None
 
 
-def run_cli(body: Callable[[], Any]) -> int:
-    """Run ``body``; expected failures print one line and exit 1, never a traceback.
+def run_cli(body: Callable[[], int | None], interrupted: str = INTERRUPTED) -> int:
+    """Run ``body``; returns its exit status (``body``'s int, else 0).
 
-    SIGINT and SIGTERM interrupt it alike: one line (:data:`INTERRUPTED`), exit status 130
-    for SIGINT and 143 for SIGTERM (128 + the signal, as a shell reports a process a signal
-    ended), the process gone within :data:`EXIT_DEADLINE_S` of the signal; a second signal
-    ends it at once."""
-    global _received
+    Expected failures print one line and exit 1, never a traceback; a bad value (raised
+    under :func:`bad_values`) prints one line and exits 2. SIGINT and SIGTERM interrupt it
+    alike: one line (``interrupted``; :data:`INTERRUPTED` for a training run), exit status
+    130 for SIGINT and 143 for SIGTERM (128 + the signal, as a shell reports a process a
+    signal ended), the process gone within :data:`EXIT_DEADLINE_S` of the signal; a second
+    signal ends it at once."""
+    global _received, _line
     _received = None
+    _line = interrupted
     _said.clear()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -256,12 +349,14 @@ def run_cli(body: Callable[[], Any]) -> int:
     guard_standard_streams()  # before Prefect's console handler takes sys.stderr
     try:
         with ways_out("command line"):
-            body()
+            code = body()
     except BaseException as exc:
         code = _interrupt_code(exc)
         if code is not None:
             _say_interrupted()
             return code
+        status = 2 if isinstance(exc, _BadValue) else 1
+        exc = exc.args[0] if isinstance(exc, _BadValue) else exc
         if not isinstance(exc, expected_errors()):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -269,9 +364,9 @@ def run_cli(body: Callable[[], Any]) -> int:
         details = str(exc).splitlines()[1:]
         for line in details[:6]:
             print(f"  {line.strip()}", file=sys.stderr)
-        return 1
+        return status
     finally:
         if _received is None:  # after a signal, a second one must still end the process
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return 0
+    return code if isinstance(code, int) else 0

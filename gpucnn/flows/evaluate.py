@@ -1,27 +1,46 @@
 """Evaluate a checkpoint on its dataset's test set.
 
     python -m gpucnn.flows.evaluate runs/<run>/checkpoints/best.npz
+    python -m gpucnn.flows.evaluate runs/<run>/checkpoints/best.npz --export-onnx model.onnx
 
-The checkpoint carries its config (dataset, model); metrics.json, plots and Prefect
-artifacts go to its run folder unless --output-dir says otherwise. --export-onnx PATH also
-writes the model as ONNX (opset 17; input: normalised images (N, 1, 28, 28), output: logits;
-with --with-preprocessing: uint8 pixels (N, 28, 28) in, probabilities out). The file records
-its input layout, normalisation, classes and gpucnn version (metadata_props, doc_string).
+The checkpoint carries its config (dataset, model). The metrics and plots go to its run folder,
+named after the checkpoint (metrics-best.json, plots-best/), so the run's own results stay as
+training left them; --update-run rewrites those instead (metrics.json, plots/), and
+--output-dir puts the files elsewhere. Every file written is listed at the end, after the
+logs; the metrics are printed as JSON. It runs here, without Prefect, unless --prefect asks
+for a Prefect flow run (against PREFECT_API_URL's server, or Prefect's local API started
+while the data is verified). --export-onnx PATH also writes the model as ONNX (opset 17;
+input: normalised images (N, 1, 28, 28), output: logits; with --with-preprocessing: uint8
+pixels (N, 28, 28) in, probabilities out). The file records its input layout,
+normalisation, classes and gpucnn version (metadata_props, doc_string).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
+from typing import Any
 
-from gpucnn.flows.cli import prepare_prefect_env, quiet_expected_tracebacks, run_cli
+from gpucnn.flows.cli import (
+    EXIT_STATUS,
+    checkpoint_config,
+    prefect_ready,
+    run_cli,
+    start_prefect,
+    verify_data,
+)
+
+log = logging.getLogger("gpucnn.flows")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m gpucnn.flows.evaluate",
         description=__doc__,
+        epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("checkpoint", help="a .npz checkpoint written by a training run")
@@ -36,7 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--output-dir",
         default=None,
-        help="where metrics.json and plots go (default: the run folder)",
+        help="where the metrics and plots go (default: the checkpoint's run folder)",
+    )
+    ap.add_argument(
+        "--update-run",
+        action="store_true",
+        help="write the run's own metrics.json and plots/ (default: metrics-<checkpoint>.json "
+        "and plots-<checkpoint>/ beside them)",
+    )
+    ap.add_argument(
+        "--prefect",
+        action="store_true",
+        help="run as a Prefect flow (artifacts, the run's logs in Prefect); default: here, "
+        "without Prefect",
     )
     ap.add_argument(
         "--export-onnx",
@@ -51,35 +82,78 @@ def main(argv: list[str] | None = None) -> int:
         "probabilities (the normalisation and softmax in the graph; (N, 1, 28, 28) pixels: "
         "gpucnn.export.onnx(..., preprocessing=True, layout='NCHW'))",
     )
+    return ap
+
+
+def export_onnx(checkpoint: str, path: str, preprocessing: bool) -> Path:
+    """The checkpoint's model as an ONNX file (a missing extra: one line, not a traceback)."""
+    import gpucnn
+
+    try:
+        return gpucnn.export.onnx(gpucnn.load(checkpoint), path, preprocessing=preprocessing)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def evaluate_here(config: Any, folder: Path, checkpoint: str, name: str | None) -> dict:
+    """The evaluation the flow's task makes, in this process and without Prefect."""
+    from gpucnn.train import recipe
+    from gpucnn.train.runs import evaluation_paths
+
+    metrics = recipe.evaluate_run(config, folder, checkpoint, name=name)
+    log.info("test accuracy %.4f on %d images", metrics["accuracy"], metrics["samples"])
+    files = [str(evaluation_paths(folder, name)[0]), *metrics["plots"]]
+    return {**metrics, "files": files}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.with_preprocessing and not args.export_onnx:
         ap.error("--with-preprocessing shapes the ONNX export: give --export-onnx PATH too")
+    if args.update_run and args.output_dir:
+        ap.error(
+            "--update-run rewrites the run's own results in the checkpoint's run folder; "
+            "--output-dir writes elsewhere: give one of them"
+        )
 
     def body() -> None:
+        from gpucnn.logs import ensure_sink
         from gpucnn.train.checkpoint import load_checkpoint
+        from gpucnn.train.runs import RunFolder, evaluation_of
 
-        load_checkpoint(args.checkpoint)  # a bad or poisoned file fails here, before Prefect
-        if args.export_onnx:
-            import gpucnn
-
-            try:
-                path = gpucnn.export.onnx(
-                    gpucnn.load(args.checkpoint),
-                    args.export_onnx,
-                    preprocessing=args.with_preprocessing,
+        # a bad or poisoned file, a folder in use: said here, before any Prefect
+        ckpt = load_checkpoint(args.checkpoint)
+        config = checkpoint_config(ckpt.config, args.data_dir, args.mirror)
+        folder, name = evaluation_of(args.checkpoint, args.output_dir, args.update_run)
+        checkpoint = str(Path(args.checkpoint).resolve())
+        files: list[str] = []
+        with RunFolder(folder).claim(instead="output_dir"):  # not while a run writes there
+            if args.prefect:
+                start_prefect()  # its local API starts while the model and data are made ready
+            else:
+                ensure_sink()  # gpucnn's lines on stderr (the data's, the accuracy)
+            if args.export_onnx:
+                files.append(
+                    str(export_onnx(checkpoint, args.export_onnx, args.with_preprocessing))
                 )
-            except ImportError as exc:  # the extra is missing: one line, not a traceback
-                raise ValueError(str(exc)) from exc
+            verify_data([config])
+            if args.prefect:
+                prefect_ready()
+                from gpucnn.flows.pipeline import evaluate_flow
+
+                result = evaluate_flow(
+                    checkpoint, args.data_dir, args.mirror, args.output_dir, args.update_run
+                )
+            else:
+                result = evaluate_here(config, folder, checkpoint, name)
+        files += result["files"]
+        for path in files:
             print(f"wrote {path}", file=sys.stderr)
-        prepare_prefect_env()
-        from gpucnn.flows.pipeline import evaluate_flow
+        keys = ("accuracy", "loss", "top3_accuracy", "samples")
+        print(json.dumps({**{k: result[k] for k in keys}, "files": files}))
 
-        quiet_expected_tracebacks()
-
-        result = evaluate_flow(args.checkpoint, args.data_dir, args.mirror, args.output_dir)
-        print(json.dumps({k: result[k] for k in ("accuracy", "loss", "top3_accuracy", "samples")}))
-
-    return run_cli(body)
+    return run_cli(body, interrupted="interrupted")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,19 @@ reaches only this process, which stops it on the way out (after Prefect has sent
 logs); and it is bound to die with this process (Linux: prctl PR_SET_PDEATHSIG; elsewhere it
 polls its parent), so even a SIGKILL leaves nothing running. PREFECT_API_URL then points at
 it, for Prefect here and for any process started from here (Dask workers included).
+
+Its start overlaps with the command's own work: :func:`start_local_api` launches the server
+(before importing Prefect here, when this process has not yet: the server's minutes-long
+imports and database set-up run on another core while this one imports Prefect and verifies
+the data) and :func:`wait_for_local_api` waits for it to answer. When Prefect's settings
+then name a server after all (a profile, prefect.toml), the launched one is stopped unused.
 """
 
 from __future__ import annotations
 
 import atexit
 import http.client
+import importlib.util
 import logging
 import os
 import socket
@@ -53,41 +60,50 @@ class _LocalAPI:
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.env: dict[str, str] = {}
         self.url: str | None = None
 
-    def start(self, env: dict[str, str], timeout: float) -> str:
-        import prefect
+    def spawn(self, env: dict[str, str]) -> None:
+        """Launch the server on a free port; :meth:`wait` waits for it to answer."""
+        self.env = env
+        self.port = _free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _SERVER_CHILD,
+                str(os.getpid()),
+                "--app-dir",
+                _prefect_parent(),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # never holds the command's stdout (a pipe) open
+            start_new_session=True,  # a Ctrl-C in the terminal reaches this process only
+        )
 
-        deadline = time.monotonic() + timeout
-        for _ in range(5):  # uvicorn exits with 3 when the port was taken meanwhile
-            port = _free_port()
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _SERVER_CHILD,
-                    str(os.getpid()),
-                    "--app-dir",
-                    str(prefect.__module_path__.parent),
-                    "--factory",
-                    "prefect.server.api.server:create_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "error",
-                    "--lifespan",
-                    "on",
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # never holds the command's stdout (a pipe) open
-                start_new_session=True,  # a Ctrl-C in the terminal reaches this process only
-            )
+    def wait(self, timeout: float, started: float) -> str:
+        """Until the launched server answers, at most ``timeout`` s after ``started``
+        (time.monotonic()); returns its URL."""
+        deadline = started + timeout
+        for attempt in range(5):  # uvicorn exits with 3 when the port was taken meanwhile
+            if attempt:
+                self.spawn(self.env)
+            assert self.process is not None
             while (code := self.process.poll()) is None and time.monotonic() < deadline:
-                if _healthy(port):
-                    self.url = f"http://127.0.0.1:{port}/api"
+                if _healthy(self.port):
+                    self.url = f"http://127.0.0.1:{self.port}/api"
                     return self.url
                 time.sleep(0.1)
             if code != 3:
@@ -120,6 +136,14 @@ class _LocalAPI:
             self.process.terminate()
 
 
+def _prefect_parent() -> str:
+    """The folder holding the prefect package (uvicorn's --app-dir), without importing it."""
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalAPIError("Prefect is not installed: pip install 'gpucnn[flows]'")
+    return os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0]))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,6 +162,14 @@ def _healthy(port: int) -> bool:
 
 
 _local_api: _LocalAPI | None = None  # the server this process started, if any
+_pending: tuple[float, float] | None = None  # (launched at, startup timeout) until it answers
+
+# what the server's environment needs beyond this process's: ephemeral mode, no UI
+_SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+}
 
 
 def _stop_local_api() -> None:
@@ -145,37 +177,64 @@ def _stop_local_api() -> None:
         _local_api.stop()
 
 
-def start_local_api() -> str | None:
-    """Start Prefect's local API server unless PREFECT_API_URL (or the active Prefect profile)
-    names a server or ephemeral mode is off; point PREFECT_API_URL at it. Returns its URL, or
-    None when nothing was started. It stops when this process exits (atexit: after Prefect
-    has sent its last logs), or dies with it (SIGKILL included)."""
-    global _local_api
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-    if _local_api is not None:
-        return _local_api.url
-    import prefect.context
-    from prefect.logging import configuration as prefect_logging
+def start_local_api() -> None:
+    """Launch Prefect's local API server, unless PREFECT_API_URL (or Prefect's settings: a
+    profile, prefect.toml) names a server or ephemeral mode is off; it answers once
+    :func:`wait_for_local_api` returns. It stops when this process exits (atexit: after
+    Prefect has sent its last logs), or dies with it (SIGKILL included).
+
+    In a process that has not imported Prefect yet, the server is launched first, then
+    Prefect is imported here and its settings read: the two overlap (a server the settings
+    turn out not to want is stopped at once)."""
+    global _local_api, _pending
+    if os.environ.get("PREFECT_API_URL") or _local_api is not None:
+        return
+    launched = time.monotonic()
+    if "prefect" not in sys.modules:  # the server's imports overlap with ours
+        _local_api = _LocalAPI()  # known before it starts: a signal meanwhile still stops it
+        atexit.register(_stop_local_api)
+        _local_api.spawn({**os.environ, **_SERVER_ENV})
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
-        return None  # the configured server, or Prefect's own error when there is none
-    env = {
-        **os.environ,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-        **settings.to_environment_variables(exclude_unset=True),
-    }
-    _local_api = _LocalAPI()  # known before it starts: a signal meanwhile still stops it
-    atexit.register(_stop_local_api)
+        if _local_api is not None:  # the configured server, or Prefect's own error if none
+            _local_api.stop(grace=1.0)
+            _local_api = None
+        return
+    if _local_api is None:
+        _local_api = _LocalAPI()
+        atexit.register(_stop_local_api)
+        _local_api.spawn(
+            {**os.environ, **_SERVER_ENV, **settings.to_environment_variables(exclude_unset=True)}
+        )
+    _pending = (launched, float(settings.server.ephemeral.startup_timeout_seconds))
+
+
+def wait_for_local_api() -> str | None:
+    """Wait until the server :func:`start_local_api` launched answers, then point
+    PREFECT_API_URL (and Prefect's settings here) at it. Returns its URL, or None when no
+    server was launched (one is configured).
+
+    Raises:
+        LocalAPIError: it did not answer in PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+            (it is stopped then; a later call may try again).
+    """
+    global _local_api, _pending
+    if _local_api is None:
+        return None
+    if _pending is None:
+        return _local_api.url
+    import prefect.context
+    from prefect.logging import configuration as prefect_logging
+
+    launched, timeout = _pending
     try:
-        url = _local_api.start(env, float(settings.server.ephemeral.startup_timeout_seconds))
+        url = _local_api.wait(timeout, launched)
     except LocalAPIError:  # stopped already; a later call may try again
-        _local_api = None
+        _local_api, _pending = None, None
         raise
+    _pending = None
     os.environ["PREFECT_API_URL"] = url
     os.environ.setdefault("PREFECT_UI_URL", "")  # it serves no UI: no "View at" dead links
     refresh = getattr(prefect.context, "refresh_global_settings_context", None)

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from gpucnn.flows import reporting
-from gpucnn.flows.cli import expand_grid
+from gpucnn.flows.cli import checkpoint_config, expand_grid
 from gpucnn.flows.tasks import download_dataset, evaluate_model, prepare_data, train_model
 from gpucnn.logs import guard_standard_streams, run_log, show_info
 from gpucnn.train import recipe
@@ -33,6 +33,7 @@ from gpucnn.train.runs import (
     check_run_name,
     config_digest,
     default_run_name,
+    evaluation_of,
     plural,
     way_out,
     ways_out,
@@ -97,20 +98,18 @@ def _train(
             folder.clear()
         else:
             folder.check_config(cfg)
-        done = folder.finished()
+        done = folder.finished_result()
         if done is not None:
-            summary, metrics = done["summary"], done["metrics"]
             logger.info(
                 "run %s already finished (%s, test accuracy %.4f); its results are in %s; "
                 "%s trains it again",
                 name,
-                plural(summary["epochs"], "epoch"),
-                metrics["accuracy"],
+                plural(done["epochs"], "epoch"),
+                done["test"]["accuracy"],
                 folder.path.resolve(),
                 way_out("overwrite"),
             )
-            test = {k: metrics.get(k) for k in ("accuracy", "loss", "top3_accuracy", "samples")}
-            return {"run_dir": str(folder.path), **summary, "test": test, "already_finished": True}
+            return done
         logger.info("run folder %s", folder.path.resolve())
         download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
         with run_log(folder.path / "log.txt", RUN_LOGGERS):
@@ -126,26 +125,24 @@ def evaluate_flow(
     data_dir: str | None = None,
     mirrors: list[str] | None = None,
     output_dir: str | None = None,
+    update_run: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on its dataset's test set (the config saved in it says which).
 
-    metrics.json, plots and artifacts go to ``output_dir`` (default: the checkpoint's run
-    folder, the parent of its checkpoints/ folder).
+    Its metrics and plots go to ``output_dir`` (default: the checkpoint's run folder, the
+    parent of its checkpoints/ folder), named after the checkpoint (``metrics-best.json``,
+    ``plots-best/``: the run's own results stay as they are), or, with ``update_run``, as the
+    run's own (``metrics.json``, ``plots/``). The folder is held meanwhile (not while a
+    training run writes there).
+
+    Returns:
+        The test metrics, and ``files``: every file written.
     """
-    ckpt = load_checkpoint(checkpoint)
-    overrides = {"data_dir": data_dir, "mirrors": mirrors}
-    cfg = TrainConfig.from_dict(
-        {**ckpt.config, **{k: v for k, v in overrides.items() if v is not None}}
-    )
-    path = Path(checkpoint).resolve()
-    run_dir = (
-        Path(output_dir)
-        if output_dir
-        else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-    )
-    with flow_run_scope(), RunFolder(run_dir).claim():  # not while a training run writes there
+    cfg = checkpoint_config(load_checkpoint(checkpoint).config, data_dir, mirrors)
+    run_dir, name = evaluation_of(checkpoint, output_dir, update_run)
+    with flow_run_scope(), RunFolder(run_dir).claim(instead="output_dir"):
         download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
-        return evaluate_model(cfg, str(run_dir), str(path))
+        return evaluate_model(cfg, str(run_dir), str(Path(checkpoint).resolve()), name)
 
 
 @task(task_run_name="trial-{run_name}")
@@ -154,7 +151,7 @@ def run_trial(
 ) -> dict[str, Any]:
     """One sweep trial: train and evaluate in its own run folder; returns its table row."""
     run_dir = Path(output_dir) / run_name
-    with RunFolder(run_dir).claim():
+    with RunFolder(run_dir).claim(instead="output_dir"):
         summary = recipe.train(config, run_dir, resume=True, progress=False)
         metrics = recipe.evaluate_run(config, run_dir, summary["best_checkpoint"], draw=False)
     return {

@@ -15,15 +15,18 @@ import sys
 from typing import Any
 
 from gpucnn.flows.cli import (
+    EXIT_STATUS,
     add_config_options,
     add_preset_option,
+    bad_values,
     config_from,
     expand_grid,
     parse_args,
     parse_value,
-    prepare_prefect_env,
-    quiet_expected_tracebacks,
+    prefect_ready,
     run_cli,
+    start_prefect,
+    verify_data,
 )
 from gpucnn.train.config import field_types
 
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m gpucnn.flows.sweep",
         description=__doc__,
+        epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
@@ -91,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(ap, argv)
 
     def body() -> None:
-        grid = parse_grid(args.grid)
-        base = config_from(args)
-        for values in expand_grid(grid):
-            base.replace(**values)  # every trial's config is checked before Prefect starts
-        prepare_prefect_env()
+        with bad_values():  # every trial's config is checked before Prefect starts
+            grid = parse_grid(args.grid)
+            base = config_from(args)
+            trials = [base.replace(**values) for values in expand_grid(grid)]
+        start_prefect()  # its local API starts while the trials' data is verified
+        verify_data(trials)
+        prefect_ready()
         from gpucnn.flows.pipeline import sweep_flow
-
-        quiet_expected_tracebacks()
 
         flow = sweep_flow
         if args.dask_address:

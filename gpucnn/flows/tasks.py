@@ -19,7 +19,7 @@ from gpucnn import data
 from gpucnn.flows import reporting
 from gpucnn.train import recipe
 from gpucnn.train.config import TrainConfig
-from gpucnn.train.runs import artifact_key, plural
+from gpucnn.train.runs import artifact_key, evaluation_paths, plural
 
 DOWNLOAD_RETRY_DELAY_S = 10
 
@@ -98,39 +98,54 @@ def _epoch_table(history: dict[str, list]) -> str:
         "| epoch | train loss | train acc | val loss | val acc | lr | s |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    ends = history.get("lr_end") or history["lr"]  # histories before lr_end: the start
     for i, e in enumerate(history["epoch"]):
+        start, end = f"{history['lr'][i]:.3g}", f"{ends[i]:.3g}"
         rows.append(
             f"| {e} | {history['train_loss'][i]:.4f} | {history['train_accuracy'][i]:.4f} | "
             f"{history['val_loss'][i]:.4f} | {history['val_accuracy'][i]:.4f} | "
-            f"{history['lr'][i]:.2g} | {history['elapsed_s'][i]:.1f} |"
+            f"{start if start == end else f'{start} → {end}'} | {history['elapsed_s'][i]:.1f} |"
         )
     return "\n".join(rows)
 
 
 @task(task_run_name="evaluate-model")
-def evaluate_model(config: TrainConfig, run_dir: str, checkpoint: str) -> dict[str, Any]:
-    """Test metrics, the confusion matrix, plots, and Prefect artifacts for the run."""
+def evaluate_model(
+    config: TrainConfig, run_dir: str, checkpoint: str, name: str | None = None
+) -> dict[str, Any]:
+    """Test metrics, the confusion matrix, plots, and Prefect artifacts for the run: as the
+    run's own results, or, with a ``name``, as an evaluation of one checkpoint beside them
+    (``metrics-<name>.json``, ``plots-<name>/``, artifacts keyed by the name; see
+    gpucnn.train.runs.evaluation_of).
+
+    Returns:
+        The test metrics, the plots, and ``files``: every file written.
+    """
     run = Path(run_dir)
-    metrics = recipe.evaluate_run(config, run, checkpoint)
+    metrics = recipe.evaluate_run(config, run, checkpoint, name=name)
+    what = "" if name is None else f"{name}-"
+    shown = run.name if name is None else f"{run.name} ({Path(checkpoint).name})"
     create_table_artifact(
-        key=artifact_key(run.name, "per-class-accuracy"),
+        key=artifact_key(run.name, f"{what}per-class-accuracy"),
         table=[
             {"class": c, "accuracy": round(a, 4)} for c, a in metrics["per_class_accuracy"].items()
         ],
-        description=f"{run.name}: per-class test accuracy",
+        description=f"{shown}: per-class test accuracy",
     )
     history_path = run / "history.json"
     curve = _epoch_table(json.loads(history_path.read_text())) if history_path.exists() else ""
     create_markdown_artifact(
-        key=artifact_key(run.name, "summary"),
+        key=artifact_key(run.name, f"{what}summary"),
         markdown=(
-            f"# {run.name}\n\n**test accuracy {metrics['accuracy']:.4f}** "
+            f"# {shown}\n\n**test accuracy {metrics['accuracy']:.4f}** "
             f"(loss {metrics['loss']:.4f}, top-3 {metrics['top3_accuracy']:.4f}, "
             f"{metrics['samples']} images)\n\nrun folder: `{run}`\n\n## Per epoch\n\n{curve}\n"
         ),
-        description=f"{run.name}: summary",
+        description=f"{shown}: summary",
     )
     get_run_logger().info(
         "test accuracy %.4f on %d images", metrics["accuracy"], metrics["samples"]
     )
-    return {k: metrics[k] for k in ("accuracy", "loss", "top3_accuracy", "samples", "plots")}
+    written = evaluation_paths(run, name)[0]
+    result = {k: metrics[k] for k in ("accuracy", "loss", "top3_accuracy", "samples", "plots")}
+    return {**result, "files": [str(written), *metrics["plots"]]}

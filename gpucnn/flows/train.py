@@ -4,14 +4,15 @@
     python -m gpucnn.flows.train --limit 2000 --epochs 2   # a quick run
     python -m gpucnn.flows.train --model resnet --augment default
 
-Runs as a Prefect flow against Prefect's own local API (an ephemeral SQLite server; nothing
-to start), or against the server PREFECT_API_URL names. Everything lands in a run folder
-(--output-dir/<run name>): config.json, data.json, checkpoints/, history.json, metrics.json,
-plots/, log.txt (every line of the run, also when this command's output has gone away).
-Running the same command again resumes a crashed run from its last checkpoint and reports a
-finished one without training or evaluating it again; a folder holding a run of another
-config is refused (--overwrite starts it over). One process at a time owns a run folder.
---limit shrinks the training data only: test metrics are always on the whole test set.
+Runs as a Prefect flow against Prefect's own local API (an ephemeral SQLite server, started
+while the data is verified; nothing to start yourself), or against the server
+PREFECT_API_URL names. Everything lands in a run folder (--output-dir/<run name>):
+config.json, data.json, checkpoints/, history.json, metrics.json, plots/, log.txt (every
+line of the run, also when this command's output has gone away). Running the same command
+again resumes a crashed run from its last checkpoint and reports a finished one at once,
+without Prefect, training or evaluating; a folder holding a run of another config is refused
+(--overwrite starts it over). One process at a time owns a run folder. --limit shrinks the
+training data only: test metrics are always on the whole test set.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ import sys
 
 from gpucnn.backend import get_backend
 from gpucnn.flows.cli import (
+    EXIT_STATUS,
     add_config_options,
     add_preset_option,
+    bad_values,
     config_from,
     parse_args,
-    prepare_prefect_env,
-    quiet_expected_tracebacks,
+    prefect_ready,
     run_cli,
+    start_prefect,
+    verify_data,
 )
 
 
@@ -36,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m gpucnn.flows.train",
         description=__doc__,
+        epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_preset_option(ap)
@@ -68,25 +73,35 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from pathlib import Path
 
+        from gpucnn.logs import run_log
         from gpucnn.train.runs import RunFolder, check_run_name, default_run_name, plural
 
-        # everything that can be wrong with the request fails here, before Prefect starts
-        config = config_from(args)
+        # everything that can be answered without a flow is answered here, before Prefect
+        with bad_values():
+            config = config_from(args)
+            name = check_run_name(args.run_name or default_run_name(config))
         if config.device == "cuda":
             get_backend("cuda")  # a missing GPU or CuPy fails now, not inside the flow
-        name = check_run_name(args.run_name or default_run_name(config))
         overwrite = args.overwrite or not args.resume
         folder = RunFolder(Path(args.output_dir) / name)
         if not overwrite:
             folder.check_config(config)
         with folder.claim():  # held until the flow ends; another process fails at once
-            prepare_prefect_env()
-            from gpucnn.flows.pipeline import train_flow
+            result = None if overwrite else folder.finished_result()
+            if result is None:
+                start_prefect()  # its local API starts while the data is verified
+                verify_data([config])
+                prefect_ready()
+                from gpucnn.flows.pipeline import RUN_LOGGERS, train_flow
 
-            quiet_expected_tracebacks()
-            result = train_flow(
-                config=config, output_dir=args.output_dir, run_name=name, overwrite=overwrite
-            )
+                # open around the flow: Prefect's records after it (a crash) reach log.txt
+                with run_log(folder.path / "log.txt", RUN_LOGGERS):
+                    result = train_flow(
+                        config=config,
+                        output_dir=args.output_dir,
+                        run_name=name,
+                        overwrite=overwrite,
+                    )
         test = result["test"]
         if result["already_finished"]:
             print(

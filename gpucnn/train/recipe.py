@@ -30,7 +30,7 @@ from gpucnn.train.checkpoint import load_checkpoint
 from gpucnn.train.config import TrainConfig
 from gpucnn.train.loggers import CSVLogger, TensorBoardLogger
 from gpucnn.train.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
-from gpucnn.train.runs import RunFolder
+from gpucnn.train.runs import RunFolder, evaluation_paths
 from gpucnn.train.trainer import Trainer
 
 log = logging.getLogger("gpucnn.train")
@@ -260,10 +260,13 @@ def evaluate_run(
     run_dir: str | os.PathLike,
     checkpoint: str | os.PathLike,
     draw: bool = True,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint on the test set and record it in the run folder:
     ``metrics.json`` (written once, naming the checkpoint and the plot files) and, with
-    ``draw`` and matplotlib installed, ``plots/*.png`` (see gpucnn.plots.run_plots).
+    ``draw`` and matplotlib installed, ``plots/*.png`` (see gpucnn.plots.run_plots); with a
+    ``name`` (an evaluation of one checkpoint, gpucnn.train.runs.evaluation_of),
+    ``metrics-<name>.json`` and ``plots-<name>/`` instead, leaving the run's own alone.
 
     Returns:
         The metrics, as written.
@@ -279,9 +282,11 @@ def evaluate_run(
     elif draw:
         history_path = run_dir / "history.json"
         history = json.loads(history_path.read_text()) if history_path.exists() else None
-        files = plots.run_plots(run_dir / "plots", history, ev, run_name=run_dir.name)
+        files = plots.run_plots(
+            evaluation_paths(run_dir, name)[1], history, ev, run_name=run_dir.name
+        )
     metrics = {**ev.metrics, "checkpoint": str(checkpoint), "plots": [str(f) for f in files]}
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(evaluation_paths(run_dir, name)[0], metrics)
     return metrics
 
 

@@ -315,6 +315,16 @@ class RunFolder:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def evaluation_paths(folder: str | os.PathLike, name: str | None = None) -> tuple[Path, Path]:
+    """(metrics file, plots folder) of an evaluation named ``name`` in ``folder``: the run's
+    own ``metrics.json`` and ``plots/`` when ``name`` is None, else ``metrics-<name>.json``
+    and ``plots-<name>/``."""
+    folder = Path(folder)
+    if name is None:
+        return folder / "metrics.json", folder / "plots"
+    return folder / f"metrics-{name}.json", folder / f"plots-{name}"
+
+
 def evaluation_of(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,

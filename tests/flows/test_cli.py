@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -35,6 +36,7 @@ def test_help_is_fast_and_starts_nothing(module):
     assert out.returncode == 0, out.stderr
     assert time.perf_counter() - t0 < 10
     assert "usage:" in out.stdout
+    assert "exit status: 0 done, 1 a failure at run time" in " ".join(out.stdout.split())
     probe = run(
         "-c",
         f"import sys, runpy; sys.argv = ['x', '--help']\n"
@@ -172,7 +174,8 @@ def test_bad_values_fail_at_once_before_anything_starts(tmp_path, args, message)
     t0 = time.perf_counter()
     out = run("-m", "gpucnn.flows.train", *args, "--output-dir", str(tmp_path / "runs"))
     assert time.perf_counter() - t0 < 15
-    assert out.returncode == 1, out.stderr
+    # a bad value is a usage error (2); a GPU this machine lacks is a failure at run time (1)
+    assert out.returncode == (1 if args[0] == "--device" else 2), out.stderr
     assert message in out.stderr
     assert len([line for line in out.stderr.splitlines() if line.startswith("error:")]) == 1
     assert not (tmp_path / "runs").exists()
@@ -181,7 +184,7 @@ def test_bad_values_fail_at_once_before_anything_starts(tmp_path, args, message)
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "two\nlines"])
 def test_a_run_name_must_stay_inside_the_output_folder(tmp_path, name):
     out = run("-m", "gpucnn.flows.train", "--run-name", name, "--output-dir", str(tmp_path / "o"))
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "is not a folder name" in out.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -197,6 +200,33 @@ def test_a_run_folder_in_use_fails_at_once_naming_its_holder(tmp_path):
     assert out.returncode == 1
     assert f"is in use by process {holder.pid} on " in out.stderr
     assert not (tmp_path / "p").exists()  # Prefect never started
+
+
+def test_a_finished_run_is_reported_at_once_without_starting_prefect(tmp_path):
+    from gpucnn.train.atomic import write_json
+    from gpucnn.train.config import TrainConfig
+    from tests.flows.commands import command
+
+    run_dir = tmp_path / "runs" / "r1"
+    write_json(run_dir / "config.json", TrainConfig(limit=2000).to_dict())
+    write_json(run_dir / "summary.json", {"epochs": 3, "best_epoch": 2, "best_val_loss": 0.1,
+               "best_val_accuracy": 0.97, "best_checkpoint": "b", "train_time_s": 9.0})  # fmt: skip
+    write_json(run_dir / "metrics.json", {"accuracy": 0.9712, "loss": 0.09, "samples": 10000,
+               "top3_accuracy": 0.99})  # fmt: skip
+    before = sorted(p.name for p in run_dir.iterdir())
+    out = command("gpucnn.flows.train", "--run-name", "r1", "--limit", "2000", "--epochs", "9",
+                  "--output-dir", tmp_path / "runs", tmp_path=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.imported == [], out.imported  # no Prefect: nothing to run
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["already_finished"] and result["test_accuracy"] == 0.9712
+    assert result["epochs"] == 3 and result["best_epoch"] == 2
+    assert out.stderr.strip() == (
+        f"run {run_dir} already finished: 3 epochs, best epoch 2, test accuracy 0.9712; its "
+        f"results are in {run_dir} (--overwrite trains it again)"
+    )
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # untouched, no .lock left
+    assert not (tmp_path / "prefect-home").exists()
 
 
 def test_resuming_a_run_with_another_config_fails_at_once_naming_the_fields(tmp_path):

@@ -4,6 +4,7 @@ download task's retries, resume after a crash, artifacts."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -59,6 +60,14 @@ def test_train_flow_leaves_a_complete_run_folder(quick, tmp_path):
         a.key for a in artifacts
     }
     assert (run / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
+    # a tidy folder: no lock once its run ended, one file mode (the umask's) for every file
+    assert not (run / ".lock").exists()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.relative_to(run): oct(p.stat().st_mode & 0o777) for p in run.rglob("*")
+             if p.is_file()}  # fmt: skip
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+    assert "INFO    gpucnn.train: training on cpu" in (run / "log.txt").read_text()
 
     # the same config again: the finished run is reported, not trained or evaluated again
     def stamps_of(folder):  # every result file (the .lock is the run's owner's, not a result)

@@ -89,3 +89,28 @@ def test_the_command_line_calling_the_flow_keeps_its_flags(unusable_checkpoint, 
             train_flow(config=unusable_checkpoint, output_dir=str(tmp_path / "runs"), run_name="r")
     assert "re-run with --overwrite" in str(caught.value)
     assert "overwrite=true" not in str(caught.value)
+
+
+def test_evaluate_and_sweep_flows_on_a_folder_in_use_name_the_output_dir(tmp_path):
+    """Neither flow has a run_name parameter: the way out is another output_dir."""
+    from gpucnn import models
+    from gpucnn.flows.pipeline import evaluate_flow, sweep_flow, trial_name
+    from gpucnn.train.checkpoint import save_checkpoint
+    from tests.processes import folder_held_elsewhere
+
+    run = tmp_path / "runs" / "r"
+    best = save_checkpoint(run / "checkpoints" / "best.npz", models.build("lenet5", seed=0),
+                           config=TrainConfig(**QUICK, model="lenet5").to_dict())  # fmt: skip
+    trial = tmp_path / "sweep" / trial_name({"lr": 0.001}, TrainConfig(**QUICK))
+    with folder_held_elsewhere(run), folder_held_elsewhere(trial):
+        for refused in (
+            lambda: evaluate_flow(str(best)),
+            lambda: sweep_flow(
+                grid={"lr": [0.001]}, base=QUICK, output_dir=str(tmp_path / "sweep")
+            ),
+        ):
+            with pytest.raises(RunFolderError) as caught:
+                refused()
+            message = str(caught.value)
+            assert " is in use by process " in message, message
+            assert message.endswith("or choose another output_dir=..."), message

@@ -152,23 +152,6 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert json.loads((run / "metrics.json").read_text())["samples"] == 10000  # evaluated
 
 
-@pytest.fixture
-def migrated_database(prefect_api, tmp_path) -> Path:
-    """A copy of the session's Prefect database (SQLite's online backup), its schema made:
-    a server on it starts in seconds, not after the minute a new database's migrations can
-    take on a busy 2-core machine."""
-    import sqlite3
-
-    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
-
-    source = PREFECT_API_DATABASE_CONNECTION_URL.value().split(":///", 1)[1]
-    copy = tmp_path / "prefect" / "prefect.db"
-    copy.parent.mkdir()
-    with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
-    return copy
-
-
 LIMIT, EPOCHS = 2000, 4
 RETRIES = 1  # the training command's Prefect client: one retry, after 2 s (+-20%)
 
