@@ -149,17 +149,26 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
             " 'message': r.state.message, 'logs': [log.message for log in logs]})\n"
             "print(json.dumps(out))\n"
         )
-        out = subprocess.run(
+        running = subprocess.Popen(
             [sys.executable, "-c", code, json.dumps([params, refusing])],
             cwd=ROOT,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=660,
+            start_new_session=True,  # stopped as the others are, if the test fails meanwhile
         )
+        procs.append(running)
+        # meanwhile, a re-deploy (updating the deployments) says nothing of deprecations
+        again = prefect(
+            ["--no-prompt", "deploy", "--all", "--prefect-file", "flows/prefect.yaml"], env
+        )
+        for word in ("Warning", "deprecated"):
+            assert word not in again.stdout + again.stderr, again.stdout + again.stderr
+        stdout, stderr = running.communicate(timeout=660)
         worker_log = (tmp_path / "worker.log").read_text()
-        assert out.returncode == 0, out.stderr + worker_log[-3000:]
-        done, refused = json.loads(out.stdout.splitlines()[-1])
+        assert running.returncode == 0, stderr + worker_log[-3000:]
+        done, refused = json.loads(stdout.splitlines()[-1])
 
         assert done["state"] == ["COMPLETED", "Completed"], (done, worker_log[-3000:])
         metrics = json.loads((runs / "deployed" / "metrics.json").read_text())
