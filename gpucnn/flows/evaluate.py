@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             verify_data([config])
             if args.prefect:
+                from gpucnn.flows.pipeline import evaluate_flow  # meanwhile too
+
                 prefect_ready()
-                from gpucnn.flows.pipeline import evaluate_flow
 
                 result = evaluate_flow(
                     checkpoint, args.data_dir, args.mirror, args.output_dir, args.update_run

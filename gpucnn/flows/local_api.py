@@ -9,7 +9,7 @@ polls its parent), so even a SIGKILL leaves nothing running. PREFECT_API_URL the
 it, for Prefect here and for any process started from here (Dask workers included).
 
 Its start overlaps with the command's own work: :func:`start_local_api` launches the server
-(before importing Prefect here, when this process has not yet: the server's minutes-long
+(before importing Prefect here, when this process has not yet: the server's seconds-long
 imports and database set-up run on another core while this one imports Prefect and verifies
 the data) and :func:`wait_for_local_api` waits for it to answer. When Prefect's settings
 then name a server after all (a profile, prefect.toml), the launched one is stopped unused.

@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             trials = [base.replace(**values) for values in expand_grid(grid)]
         start_prefect()  # its local API starts while the trials' data is verified
         verify_data(trials)
+        from gpucnn.flows.pipeline import sweep_flow  # meanwhile too
+
         prefect_ready()
-        from gpucnn.flows.pipeline import sweep_flow
 
         flow = sweep_flow
         if args.dask_address:

@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             if result is None:
                 start_prefect()  # its local API starts while the data is verified
                 verify_data([config])
+                from gpucnn.flows.pipeline import RUN_LOGGERS, train_flow  # meanwhile too
+
                 prefect_ready()
-                from gpucnn.flows.pipeline import RUN_LOGGERS, train_flow
 
                 # open around the flow: Prefect's records after it (a crash) reach log.txt
                 with run_log(folder.path / "log.txt", RUN_LOGGERS):
