@@ -181,6 +181,17 @@ def test_bad_values_fail_at_once_before_anything_starts(tmp_path, args, message)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "grid, message",
+    [("nope=1", "--grid 'nope=1': expected FIELD=V1,V2"), ("lr=-1", "lr must be a finite number")],
+)
+def test_a_bad_sweep_grid_is_a_usage_error(tmp_path, grid, message):
+    out = run("-m", "gpucnn.flows.sweep", "--grid", grid, "--output-dir", str(tmp_path / "s"))
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and out.stderr.count("error:") == 1, out.stderr
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "two\nlines"])
 def test_a_run_name_must_stay_inside_the_output_folder(tmp_path, name):
     out = run("-m", "gpucnn.flows.train", "--run-name", name, "--output-dir", str(tmp_path / "o"))
