@@ -78,7 +78,6 @@ def main() -> None:
         "# The fast recipe on the CPU: gpucnn against PyTorch",
         "",
         describe(),
-        f"- command: `python benchmarks/fast_cpu.py --seeds {args.seeds} --threads {args.threads}`",
         f"- recipe: TrainConfig.preset('fast'): seed model, batch {config.batch_size}, "
         f"{config.epochs} epochs, one cycle to lr {config.lr:g} (pct_start {config.pct_start}),"
         f" Adam AMSGrad, weight decay {config.weight_decay:g}; {n_train} training images",

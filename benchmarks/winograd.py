@@ -125,8 +125,6 @@ def main() -> None:
         "# Winograd against im2col on the CPU, per layer, with PyTorch beside them",
         "",
         describe(),
-        f"- command: `python benchmarks/winograd.py --threads {args.threads} --batch "
-        f"{args.batch} --rounds {args.rounds} --repeat {args.repeat}`",
         "",
         "Forward + backward (dx, dw, db) in ms, median of the rounds' medians; the ratios are "
         "im2col's time over each algorithm's (> 1: faster than im2col) and PyTorch's time "

@@ -69,8 +69,6 @@ def main() -> None:
         "# Float32 error of the convolution algorithms against float64",
         "",
         describe(),
-        f"- command: `python benchmarks/winograd_error.py --batch {args.batch} "
-        f"--seeds {args.seeds}`",
         "",
         "Worst over the seeds; max = largest |error| / largest |reference|, "
         "rms = RMS error / RMS reference.",
