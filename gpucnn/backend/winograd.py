@@ -104,3 +104,19 @@ def multiplications(m: int, channels: int, filters: int) -> tuple[int, int]:
 def tiles(size: int, m: int) -> int:
     """Tiles of m outputs along an axis of ``size`` outputs (the last one may be partial)."""
     return -(-size // m)
+
+
+def tile_grid(name: str, t: int, n: int, oh: int, ow: int, m: int) -> tuple[int, int]:
+    """(TH, TW) of ``n`` images of OH×OW outputs in m×m tiles, checked against the ``t`` tiles
+    an array holds (a launcher's argument check; ``name`` is the launcher's).
+
+    Raises:
+        ValueError: t is not n·TH·TW.
+    """
+    th, tw = tiles(oh, m), tiles(ow, m)
+    if t != n * th * tw:
+        raise ValueError(
+            f"{name}: {t} tiles, but {n} images of {oh}x{ow} outputs make {n}x{th}x{tw} "
+            f"tiles of {m}x{m}"
+        )
+    return th, tw

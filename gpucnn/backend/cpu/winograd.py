@@ -30,7 +30,7 @@ import numpy as np
 
 from gpucnn.backend import formulas
 from gpucnn.backend.cpu import threads
-from gpucnn.backend.winograd import matrices, tiles
+from gpucnn.backend.winograd import matrices, tile_grid, tiles
 
 _max4 = numba.njit(inline="always", error_model="numpy")(formulas.max4_element)
 _relu = numba.njit(inline="always", error_model="numpy")(formulas.relu_element)
@@ -295,16 +295,6 @@ def _check(name: str, a: np.ndarray, ndim: int) -> None:
         raise ValueError(f"{name}: expected a float {ndim}-D array, got {a.dtype} {a.shape}")
 
 
-def _tiles_of(name: str, t: int, n: int, oh: int, ow: int, m: int) -> tuple[int, int]:
-    th, tw = tiles(oh, m), tiles(ow, m)
-    if t != n * th * tw:
-        raise ValueError(
-            f"{name}: {t} tiles, but {n} images of {oh}x{ow} outputs make {n}x{th}x{tw} "
-            f"tiles of {m}x{m}"
-        )
-    return th, tw
-
-
 def winograd_input_tf(x: np.ndarray, m: int, pad: int) -> np.ndarray:
     """The input tiles of a 3×3 stride-1 convolution transformed: V = Bᵀ d B per tile.
 
@@ -329,7 +319,7 @@ def winograd_output_tf(
     """
     _check("winograd_output_tf", mt, 3)
     n, nf, oh, ow = (int(s) for s in out_shape)
-    th, tw = _tiles_of("winograd_output_tf", mt.shape[1], n, oh, ow, m)
+    th, tw = tile_grid("winograd_output_tf", mt.shape[1], n, oh, ow, m)
     b = np.zeros(nf, dtype=mt.dtype) if b is None else b
     y = np.empty((n, nf, oh, ow), dtype=mt.dtype)
     threads.split(_output_tf, n, np.ascontiguousarray(mt), matrices(m, mt.dtype)[2], b, th, tw, y)
@@ -349,7 +339,7 @@ def winograd_relu_pool2x2_fwd(
     n, nf, oh, ow = (int(s) for s in out_shape)
     if m % 2:
         raise ValueError(f"winograd_relu_pool2x2_fwd: tiles of {m} do not hold 2x2 windows")
-    th, tw = _tiles_of("winograd_relu_pool2x2_fwd", mt.shape[1], n, oh, ow, m)
+    th, tw = tile_grid("winograd_relu_pool2x2_fwd", mt.shape[1], n, oh, ow, m)
     b = np.zeros(nf, dtype=mt.dtype) if b is None else b
     y = np.empty((n, nf, oh // 2, ow // 2), dtype=mt.dtype)
     arg = np.empty(y.shape, dtype=np.int32)
@@ -407,7 +397,7 @@ def winograd_input_grad(dv: np.ndarray, x_shape: tuple, m: int, pad: int) -> np.
     """
     _check("winograd_input_grad", dv, 3)
     n, c, h, w = (int(s) for s in x_shape)
-    th, tw = _tiles_of("winograd_input_grad", dv.shape[1], n, h + 2 * pad - 2, w + 2 * pad - 2, m)
+    th, tw = tile_grid("winograd_input_grad", dv.shape[1], n, h + 2 * pad - 2, w + 2 * pad - 2, m)
     dx = np.empty((n, c, h, w), dtype=dv.dtype)
     threads.split(
         _input_grad, n, np.ascontiguousarray(dv), matrices(m, dv.dtype)[0], pad, th, tw, dx

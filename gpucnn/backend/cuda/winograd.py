@@ -24,13 +24,23 @@ import numpy as np
 from gpucnn.backend import formulas
 from gpucnn.backend.cuda.launch import array_module, check, config
 from gpucnn.backend.numba_cuda import cuda
-from gpucnn.backend.winograd import matrices, tiles
+from gpucnn.backend.winograd import matrices, tile_grid, tiles
 
 _max4 = cuda.jit(device=True)(formulas.max4_element)
 _relu = cuda.jit(device=True)(formulas.relu_element)
 _relu_grad = cuda.jit(device=True)(formulas.relu_grad_element)
 
 MAX_ALPHA2 = 36  # F(4×4, 3×3): alpha = 6
+
+
+@cuda.jit(device=True)
+def _split(e, channels, th, tw):  # pragma: no cover - device code
+    """Element e of a (tile, channel) grid, channel fastest: (t, channel, n, ty, tx)."""
+    t = e // channels
+    n = t // (th * tw)
+    r0 = t - n * (th * tw)
+    ty = r0 // tw
+    return t, e - t * channels, n, ty, r0 - ty * tw
 
 
 @cuda.jit(cache=True)
@@ -40,12 +50,7 @@ def winograd_input_tf_kernel(x, bt, pad, th, tw, zero, v):  # pragma: no cover -
     m = alpha - 2
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, nn * th * tw * nc, step):  # c fastest: adjacent threads, adjacent v
-        t = e // nc
-        c = e - t * nc
-        n = t // (th * tw)
-        r0 = t - n * (th * tw)
-        ty = r0 // tw
-        tx = r0 - ty * tw
+        t, c, n, ty, tx = _split(e, nc, th, tw)
         d = cuda.local.array(MAX_ALPHA2, dtype=v.dtype)
         for r in range(alpha):
             yy = ty * m + r - pad
@@ -87,12 +92,7 @@ def winograd_output_tf_kernel(mt, at, b, th, tw, zero, y):  # pragma: no cover -
     m = at.shape[0]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, nn * th * tw * nf, step):
-        t = e // nf
-        f = e - t * nf
-        n = t // (th * tw)
-        r0 = t - n * (th * tw)
-        ty = r0 // tw
-        tx = r0 - ty * tw
+        t, f, n, ty, tx = _split(e, nf, th, tw)
         out = cuda.local.array(16, dtype=y.dtype)  # m*m <= 16
         _tile_out(mt, at, t, f, zero, out)
         for i in range(m):
@@ -111,12 +111,7 @@ def winograd_relu_pool_fwd_kernel(mt, at, b, zero, th, tw, y, arg):  # pragma: n
     half = m // 2
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, nn * th * tw * nf, step):
-        t = e // nf
-        f = e - t * nf
-        n = t // (th * tw)
-        r0 = t - n * (th * tw)
-        ty = r0 // tw
-        tx = r0 - ty * tw
+        t, f, n, ty, tx = _split(e, nf, th, tw)
         if ty * half >= ph or tx * half >= pw:
             continue
         out = cuda.local.array(16, dtype=y.dtype)
@@ -157,12 +152,7 @@ def winograd_grad_tf_kernel(dy, at, th, tw, zero, dm):  # pragma: no cover - dev
     m = at.shape[0]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, nn * th * tw * nf, step):
-        t = e // nf
-        f = e - t * nf
-        n = t // (th * tw)
-        r0 = t - n * (th * tw)
-        ty = r0 // tw
-        tx = r0 - ty * tw
+        t, f, n, ty, tx = _split(e, nf, th, tw)
         g = cuda.local.array(16, dtype=dm.dtype)
         for i in range(m):
             for j in range(m):
@@ -181,12 +171,7 @@ def winograd_relu_pool_bwd_kernel(dy, arg, y, at, zero, th, tw, dm):  # pragma: 
     half = m // 2
     start, step = cuda.grid(1), cuda.gridsize(1)
     for e in range(start, nn * th * tw * nf, step):
-        t = e // nf
-        f = e - t * nf
-        n = t // (th * tw)
-        r0 = t - n * (th * tw)
-        ty = r0 // tw
-        tx = r0 - ty * tw
+        t, f, n, ty, tx = _split(e, nf, th, tw)
         g = cuda.local.array(16, dtype=dm.dtype)
         for i in range(m):
             for j in range(m):
@@ -241,16 +226,6 @@ def _on_device(xp: Any, m: int, dtype: str) -> tuple[Any, Any]:
     return xp.asarray(bt), xp.asarray(at)
 
 
-def _tiles_of(name: str, t: int, n: int, oh: int, ow: int, m: int) -> tuple[int, int]:
-    th, tw = tiles(oh, m), tiles(ow, m)
-    if t != n * th * tw:
-        raise ValueError(
-            f"{name}: {t} tiles, but {n} images of {oh}x{ow} outputs make {n}x{th}x{tw} "
-            f"tiles of {m}x{m}"
-        )
-    return th, tw
-
-
 def winograd_input_tf(x: Any, m: int, pad: int) -> Any:
     """The input tiles transformed, V = Bᵀ d B (see the CPU twin).
 
@@ -271,7 +246,7 @@ def winograd_output_tf(mt: Any, b: Any, out_shape: tuple, m: int) -> Any:
     check("winograd_output_tf", mt, 3)
     xp = array_module(mt)
     n, nf, oh, ow = (int(s) for s in out_shape)
-    th, tw = _tiles_of("winograd_output_tf", mt.shape[1], n, oh, ow, m)
+    th, tw = tile_grid("winograd_output_tf", mt.shape[1], n, oh, ow, m)
     b = xp.zeros(nf, dtype=mt.dtype) if b is None else b
     y = xp.empty((n, nf, oh, ow), dtype=mt.dtype)
     _, at = _on_device(xp, m, np.dtype(mt.dtype).str)
@@ -288,7 +263,7 @@ def winograd_relu_pool2x2_fwd(mt: Any, b: Any, out_shape: tuple, m: int) -> tupl
     n, nf, oh, ow = (int(s) for s in out_shape)
     if m % 2:
         raise ValueError(f"winograd_relu_pool2x2_fwd: tiles of {m} do not hold 2x2 windows")
-    th, tw = _tiles_of("winograd_relu_pool2x2_fwd", mt.shape[1], n, oh, ow, m)
+    th, tw = tile_grid("winograd_relu_pool2x2_fwd", mt.shape[1], n, oh, ow, m)
     b = xp.zeros(nf, dtype=mt.dtype) if b is None else b
     y = xp.empty((n, nf, oh // 2, ow // 2), dtype=mt.dtype)
     arg = xp.empty(y.shape, dtype=np.int32)
@@ -340,7 +315,7 @@ def winograd_input_grad(dv: Any, x_shape: tuple, m: int, pad: int) -> Any:
     check("winograd_input_grad", dv, 3)
     xp = array_module(dv)
     n, c, h, w = (int(s) for s in x_shape)
-    th, tw = _tiles_of("winograd_input_grad", dv.shape[1], n, h + 2 * pad - 2, w + 2 * pad - 2, m)
+    th, tw = tile_grid("winograd_input_grad", dv.shape[1], n, h + 2 * pad - 2, w + 2 * pad - 2, m)
     dx = xp.empty((n, c, h, w), dtype=dv.dtype)
     bt, _ = _on_device(xp, m, np.dtype(dv.dtype).str)
     zero = dv.dtype.type(0)
