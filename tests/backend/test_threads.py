@@ -173,3 +173,33 @@ def test_the_sharded_step_runs_the_kernels_serially(monkeypatch):
         dp.step(_rand(16, 1, 28, 28), np.arange(16) % 10)
     assert seen and set(seen) == {1}  # every kernel of both shards: serial
     assert threads.get_num_threads() == 2  # and the setting is back afterwards
+
+
+def test_blas_single_puts_blas_back_when_blocks_overlap_in_threads():
+    """Blocks open in two threads at once: BLAS stays on one thread until the last one closes
+    (here the caller's: OpenBLAS 0.3.31 ignored a raise from another thread)."""
+    import threading
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        seen, entered, left = [], threading.Event(), threading.Event()
+
+        def other():
+            with threads.blas_single():
+                entered.set()
+            left.set()
+
+        with threads.blas_single():
+            with threads.blas_single():  # nested in the same thread
+                t = threading.Thread(target=other)
+                t.start()
+                entered.wait(5)
+                left.wait(5)
+                seen.append(blas_threads())  # the other block has closed: still one thread
+            seen.append(blas_threads())
+        t.join()
+        assert seen == [{1}, {1}] and blas_threads() == {2}

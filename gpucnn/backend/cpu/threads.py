@@ -94,20 +94,33 @@ def _blas_libs() -> tuple:
     return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
+_blas_lock = threading.Lock()
+_blas_saved: list = [0, None]  # [blocks open, BLAS's thread counts before the first]
+
+
 @contextlib.contextmanager
 def blas_single() -> Iterator[None]:
-    """BLAS runs on its calling thread alone within the block (its setting is put back after):
+    """BLAS runs on its calling thread alone within the block (its setting is put back when
+    the last open block closes, so overlapping blocks do not undo each other; OpenBLAS 0.3.31
+    ignored a raise from another thread than the one that had lowered it, so a last block
+    closed in another thread may leave BLAS on one thread, the safe way round):
     each range of a product split over these threads is one single-threaded GEMM, and
     OpenBLAS's own threads stay asleep, instead of spinning next to ours after every call."""
     libs = _blas_libs()
-    was = [lib.get_num_threads() for lib in libs]
-    for lib in libs:
-        lib.set_num_threads(1)
+    with _blas_lock:
+        if _blas_saved[0] == 0:
+            _blas_saved[1] = [lib.get_num_threads() for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _blas_saved[0] += 1
     try:
         yield
     finally:
-        for lib, n in zip(libs, was, strict=True):
-            lib.set_num_threads(n)
+        with _blas_lock:
+            _blas_saved[0] -= 1
+            if _blas_saved[0] == 0:
+                for lib, n in zip(libs, _blas_saved[1], strict=True):
+                    lib.set_num_threads(n)
 
 
 class _Worker:
