@@ -4,9 +4,11 @@ The window kernels share one layout: ``cols`` is (C*k*k, N*OH*OW), rows ordered 
 channel c and kernel offset (i, j), columns ordered (n, oh, ow). Convolution is then one GEMM
 with the (F, C*k*k) weight matrix; fused.py is that GEMM's epilogue when a ReLU and a 2×2 max
 pool follow (and the backward GEMMs' prologue); direct.py convolves without columns, for
-layers with few taps. Pooling loops over the N*C planes directly.
-Elementwise kernels and optimizer updates compile the per-element rules of
-gpucnn.backend.formulas, which the CUDA kernels compile too.
+layers with few taps; winograd.py holds the tile transforms of Winograd's F(m×m, 3×3), whose
+products are the same GEMM batched over the tiles' points. Pooling loops over the N*C planes
+directly. Elementwise kernels and optimizer updates compile the per-element rules of
+gpucnn.backend.formulas, which the CUDA kernels compile too. Every kernel, and every product
+(gemm.matmul), splits its work over threads.py's threads.
 """
 
 from gpucnn.backend.cpu.batch import (
