@@ -20,6 +20,47 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return 0.0 if den == 0 else float(num / den)
 
 
+# float32's unit roundoff: a float32 result is within u of the exact value, relatively
+F32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def product_tolerance(a: np.ndarray, b: np.ndarray, ulps: float = 4.0) -> np.ndarray:
+    """How far apart two float32 evaluations of ``a @ b`` may be, element by element.
+
+    Two BLAS kernels (or one kernel blocking a narrower product differently, with or without
+    FMA) add the same K products a_ik b_kj in different orders. The worst case of a K-term sum
+    is 2 K u sum_k |a_ik b_kj|; rounding errors of different terms are independent, though, and
+    the difference stays within ``ulps`` × √K × u × sum_k |a_ik b_kj|. Measured with OpenBLAS's
+    Haswell and SkylakeX kernels on the products of tests/backend/test_threads.py: at most
+    1.25 × √K u sum |ab| (K = 9), 0.01 at K = 3136. A wrong element (another row or column, a
+    missed block) is off by O(sum |ab|) and fails by orders of magnitude.
+    """
+    a64, b64 = np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64))
+    k = a64.shape[-1]
+    return ulps * np.sqrt(k) * F32_UNIT_ROUNDOFF * (a64 @ b64)
+
+
+def rounding_tolerance(k: int, scale: float, ulps: float = 4.0) -> float:
+    """``ulps`` × √K × u × ``scale``: the float32 rounding two evaluations of a K-term sum of
+    size ``scale`` may differ by (see product_tolerance). For a network's outputs, K is its
+    longest product and ``scale`` the outputs' size."""
+    return float(ulps * np.sqrt(k) * F32_UNIT_ROUNDOFF * scale)
+
+
+def assert_product_close(got, a, b, want=None, ulps: float = 4.0) -> None:
+    """``got`` equals ``want`` (default: ``a @ b`` in float64) to float32 rounding of the
+    product ``a @ b`` (product_tolerance), element by element."""
+    if want is None:
+        want = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    excess = np.abs(got - want) - product_tolerance(a, b, ulps)
+    assert not (excess > 0).any(), (
+        f"{int((excess > 0).sum())} of {excess.size} elements differ by more than "
+        f"{ulps} x sqrt(K) x u x sum|ab| (worst by {float(excess.max()):.3g} beyond it)"
+    )
+
+
 def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central differences (f(x + eps e_i) - f(x - eps e_i)) / (2 eps), perturbing x in place."""
     grad = np.zeros_like(x, dtype=np.float64)

@@ -14,6 +14,7 @@ from gpucnn import models
 from gpucnn.inference import NonFiniteOutputError, Predictor
 from gpucnn.train.checkpoint import save_checkpoint
 from gpucnn.train.errors import CheckpointError
+from tests.helpers import rounding_tolerance
 
 MEAN, STD = 0.1307, 0.3081  # MNIST's, which the run normalised with
 
@@ -110,7 +111,10 @@ def test_any_batch_size_is_processed_in_chunks(checkpoint):
         return forward(batch)
 
     chunked.module.forward = counting_forward
-    np.testing.assert_allclose(chunked.logits(x), whole, rtol=1e-6, atol=1e-6)
+    # another batch size is another GEMM shape, which BLAS may block or vectorise differently:
+    # the logits agree to float32 rounding of the longest product (fc1, K = 3136), per layer
+    tol = 4 * rounding_tolerance(3136, float(np.abs(whole).max()))  # 4 layers of products
+    np.testing.assert_allclose(chunked.logits(x), whole, rtol=0, atol=tol)
     assert calls == [5, 5, 5, 5, 3]
     assert chunked.predict(x[:0]).shape == (0,)
     assert chunked.predict_proba(x[:0]).shape == (0, 10)

@@ -10,11 +10,13 @@ is 0 and ``workspace`` is accepted for the CUDA twin's sake.
 ``a @ b`` (BLAS), split over gpucnn's kernel threads (gpucnn.backend.cpu.threads) when there
 are several and the product is large enough: a batch of products by batch items, one product
 by rows of ``a`` or columns of ``b`` (whichever copies less: each range packs the operand it
-does not split), each range one single-threaded GEMM. Split by columns or by batch items,
-the product is the unsplit one bit for bit; split by rows (a product with few columns, as a
-first conv's weight gradient), OpenBLAS may take another kernel for fewer rows, so the bits
-match the unsplit product to float32 rounding and depend on the thread count, and are the
-same from run to run at a given count (tests/backend/test_threads.py). One pool of threads,
+does not split), each range one single-threaded GEMM. Each element is the same K-term dot
+product split or not, but a range is a narrower product, for which OpenBLAS may take another
+kernel or block K another way (its Haswell kernels do, for column ranges too; its SkylakeX
+ones keep column and batch ranges bit for bit): a split product equals the unsplit one to
+float32 rounding (a few ulps × √K of the sum of |a_ik b_kj|), depends on the thread count and
+the CPU's kernels, and is the same bits from run to run on one machine at a given count
+(tests/backend/test_threads.py, which CI also runs with the Haswell kernels). One pool of threads,
 which sleep between kernels, does all of a step's work: with OpenBLAS's own threads for the
 GEMMs and these for the rest, each pool's idle threads spun against the other's work
 (measured on the seed model's plain step, batch 64, 2 cores: 15.6 ms with both pools, 11.6 ms

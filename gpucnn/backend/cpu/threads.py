@@ -5,10 +5,12 @@ transforms, pooling, ReLU, BatchNorm, the loss, Adam) are serial loops over inde
 (images, planes, channels, rows, elements); :func:`split` runs one over ranges of its items in
 threads, the first range in the calling thread. The kernels release the GIL
 (``nogil=True``), so the ranges run at once. Each range writes only its own items and any sum
-is taken per item and added afterwards in one fixed order, so the results are the same bits
-whatever the thread count. The matrix products split the same way (gemm.matmul: by batch
+is taken per item and added afterwards in one fixed order, so these kernels give the same
+bits whatever the thread count. The matrix products split the same way (gemm.matmul: by batch
 items, rows or columns, BLAS on one thread in each range, :func:`blas_single`), so OpenBLAS's
-own pool, which spins after each call, never runs beside this one.
+own pool, which spins after each call, never runs beside this one; a range is a narrower
+product, which BLAS may round differently, so a split product matches the unsplit one to
+float32 rounding and repeats its bits run to run at a given thread count.
 
 The number of threads is one setting for both: :func:`set_num_threads` sizes BLAS (through
 threadpoolctl) and the kernels together; until it is called, the kernels take BLAS's own
