@@ -54,12 +54,14 @@ nb_merge_streams = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
+autodoc_typehints_description_target = "documented"  # types beside what the docstring says
 autodoc_preserve_defaults = True
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 autodoc_mock_imports = ["cupy", "numba.cuda"]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
-napoleon_custom_sections = [("Shape", "params_style"), ("Formula", "notes_style")]
+# "Shape:" on a line of its own heads a section, as "Args:" does
+napoleon_custom_sections = ["Shape"]
 napoleon_use_rtype = False
 
 # references to names outside gpucnn (numpy arrays, typing) are not resolved: there is no
@@ -70,4 +72,5 @@ html_theme = "furo"
 html_title = f"gpucnn {version}"
 html_static_path: list[str] = []
 html_theme_options = {"navigation_with_keys": True}
-pygments_style = "sphinx"
+# options and commands keep their two hyphens ("--lr", not "–lr")
+smartquotes = False

@@ -105,7 +105,10 @@ def ensure(name: str, folder: Path = EXECUTED) -> Path:
     """The current executed copy of notebook ``name``, running the notebook if there is none."""
     path = current(name, folder)
     if path is None:
-        print(f"running notebooks/{name} (no executed copy in {folder})", file=sys.stderr)
+        print(
+            f"running notebooks/{name} (no executed copy of this version in {folder})",
+            file=sys.stderr,
+        )
         with tempfile.TemporaryDirectory(prefix="gpucnn-notebook-") as work:
             path = save(execute(name, work), name, folder)
     return path

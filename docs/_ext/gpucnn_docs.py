@@ -25,6 +25,7 @@ from docutils import nodes
 from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.application import Sphinx
+from sphinx.errors import SphinxError
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
@@ -35,6 +36,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 RECORDS = DOCS / "records"  # generated
 ARTICLE = DOCS / "article"  # generated: the executed notebooks
 HELP_COLUMNS = "92"
+
+
+class NotebookError(SphinxError):
+    category = "Notebook error"
 
 
 @dataclass
@@ -168,7 +173,8 @@ def write_records() -> None:
 
 
 def _runner():
-    spec = importlib.util.spec_from_file_location("notebooks_execute", ROOT / "notebooks/execute.py")
+    path = ROOT / "notebooks" / "execute.py"
+    spec = importlib.util.spec_from_file_location("notebooks_execute", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -178,9 +184,17 @@ def copy_notebooks() -> None:
     """docs/article/<name>.ipynb: the executed copies, made here when missing or stale."""
     runner = _runner()
     for name in runner.NAMES:
-        if runner.current(name) is None:
-            LOG.info(f"gpucnn_docs: no current executed copy of notebooks/{name}: running it")
-        _write_if_changed(ARTICLE / name, runner.ensure(name).read_bytes())
+        try:
+            path = runner.ensure(name)
+        except Exception as exc:  # a cell failed, or the notebooks extra is missing
+            last = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[-8:]
+            raise NotebookError(
+                f"notebooks/{name} has no executed copy made from this version in "
+                f"{runner.EXECUTED} (pytest tests/test_notebooks.py leaves one), and running it "
+                "here failed (MNIST comes from GPUCNN_DATA_DIR, GPUCNN_DATA_MIRROR or the "
+                "cache, as in a notebook):\n" + "\n".join(last)
+            ) from None
+        _write_if_changed(ARTICLE / name, path.read_bytes())
 
 
 def generate(app: Sphinx) -> None:
