@@ -1,19 +1,29 @@
-"""The README tells the truth and keeps telling it: each result figure it quotes is read here
-from the committed file in benchmarks/results/ it comes from, formatted as the README writes
-it, and must appear in the README; its test line installs what CI installs. A result re-run
-and recorded without its README sentence (or the other way round) fails here."""
+"""The documentation tells the truth and keeps telling it.
+
+The manual's results page (docs/results.md) quotes figures in its text: each is read here from
+the committed file in benchmarks/results/ it comes from, formatted as the page writes it, and
+must appear on the page, so a result re-run and recorded without its sentence (or a sentence
+changed without its result) fails here. (The page's tables are generated from those files when
+the manual is built: docs/_ext/gpucnn_docs.py.)
+
+The README stays a landing page: two set-up lines a newcomer copies (the main job; the tests,
+installing what CI installs), the offline mirror setting beside them, a length bound, no
+figures and no history, and links that lead somewhere."""
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-# the README's prose, its line breaks read as spaces
-README = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+README_FILE = ROOT / "README.md"
+README = README_FILE.read_text(encoding="utf-8")
+# the results page's prose, its line breaks read as spaces
+PAGE = " ".join((ROOT / "docs" / "results.md").read_text(encoding="utf-8").split())
 
 
 def _read(name: str) -> str:
@@ -88,7 +98,7 @@ def throughput() -> list[str]:
         f"**{n('gpucnn')} images/s against PyTorch 2.13's {n('torch')} ({trainer[0]}x)**",
         f"PyTorch run with the same glibc settings reaches {n('torch-malloc')}, so against "
         f"that gpucnn is {trainer[1]}x",
-        f"a plain loop of the API tour above runs at {n('gpucnn-serial')} ({plain[0]}x PyTorch, "
+        f"a plain loop of the README's API tour runs at {n('gpucnn-serial')} ({plain[0]}x PyTorch, "
         f"{plain[1]}x with its malloc settings)",
     ]
 
@@ -115,18 +125,107 @@ def errors() -> list[str]:
     ]
 
 
-SOURCES = [article, article_monitor_val_accuracy, augmented, fast, throughput, winograd, errors]
+def transfer() -> list[str]:
+    text = _read("transfer-learning-cpu.md")
+    rows = dict(
+        (int(n), (_pct(head), _pct(scratch)))
+        for n, head, scratch in re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    )
+    return [
+        f"From 50 labelled images of 5–9, a 645-parameter head on the frozen pretrained features "
+        f"reaches {rows[50][0]} where the whole network trained from scratch on the same images "
+        f"reaches {rows[50][1]}",
+        f"at 1,000 labels, {rows[1000][0]} against {rows[1000][1]}",
+    ]
+
+
+SOURCES = [
+    article,
+    article_monitor_val_accuracy,
+    augmented,
+    fast,
+    throughput,
+    winograd,
+    errors,
+    transfer,
+]
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda f: f.__name__)
-def test_the_readme_quotes_the_committed_results(source):
-    missing = [s for s in source() if " ".join(s.split()) not in README]
-    assert not missing, "README.md does not say, as benchmarks/results/ does:\n" + "\n".join(
-        missing
+def test_the_results_page_quotes_the_committed_results(source):
+    missing = [s for s in source() if " ".join(s.split()) not in PAGE]
+    assert not missing, "docs/results.md does not say, as benchmarks/results/ does:\n" + (
+        "\n".join(missing)
     )
+
+
+def setup_block() -> list[str]:
+    """The README's set-up block (the first fenced block under "## Set up"), line by line."""
+    section = README.split("## Set up", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return block.splitlines()
+
+
+def test_the_readme_has_two_set_up_lines_the_first_runs_the_main_job():
+    commands = [line for line in setup_block() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 2, commands
+    assert commands[0].endswith("&& python -m gpucnn.flows.train"), commands[0]
+    assert commands[1].endswith("&& pytest"), commands[1]
 
 
 def test_the_readme_test_line_installs_what_ci_installs():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    (extras,) = re.findall(r'pip install -q -e "\.\[([a-z0-9,_-]+)\]"', ci)
-    assert f'pip install -e ".[{extras}]" && pytest' in README
+    # the first install: what the tests run with (the manual's build installs "docs" after them)
+    extras = re.findall(r'pip install -q -e "\.\[([a-z0-9,_-]+)\]"', ci)[0]
+    (line,) = [s for s in setup_block() if s.endswith("&& pytest")]
+    assert f'pip install -e ".[{extras}]" && pytest' in line
+
+
+def test_the_readme_set_up_block_says_how_to_run_offline():
+    assert any("GPUCNN_DATA_MIRROR=" in line for line in setup_block() if line.startswith("#"))
+
+
+def test_the_readme_is_a_landing_page():
+    lines = README.splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: the manual (docs/) holds the rest"
+
+
+# what a figure looks like in prose: a percentage, a ratio, a rate, a duration
+FIGURE = re.compile(
+    r"\d[\d,.]*\s?(%|x\b|×\s|images/s|ms\b|s\b|seconds|minutes?\b|hours?\b|MiB|MB|GB)"
+)
+HISTORY = re.compile(r"\b(now|yet|so far|this round|targets?|no longer|used to)\b", re.I)
+
+
+def prose(text: str) -> str:
+    """The README without its fenced code blocks."""
+    return re.sub(r"```.*?```", "", text, flags=re.S)
+
+
+def test_the_readme_quotes_no_figures_and_tells_no_history():
+    text = prose(README)
+    assert not FIGURE.findall(text), [m.group(0) for m in FIGURE.finditer(text)]
+    assert not HISTORY.findall(text), [m.group(0) for m in HISTORY.finditer(text)]
+
+
+def test_the_readme_links_lead_somewhere():
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README)
+    local = [t for t in targets if "://" not in t]
+    assert local, "README.md links nowhere into the manual"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RESULTS.glob("*.md")))
+def test_each_results_table_comes_with_its_command_and_machine(name):
+    """What the manual shows beside each generated table (docs/_ext/gpucnn_docs.py)."""
+    pytest.importorskip("sphinx", reason="the manual's extension needs the 'docs' extra")
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    try:
+        import gpucnn_docs
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "_ext"))
+    tables = gpucnn_docs.tables(RESULTS / name)
+    assert tables, f"benchmarks/results/{name} has no table"
+    for t in tables:
+        assert t.command and t.machine, f"{name}: a table without its command or machine"
