@@ -73,6 +73,11 @@ def unprinted_figures(nb: dict) -> list[str]:
     return missing
 
 
+def test_the_runner_and_the_manual_know_every_notebook():
+    on_disk = sorted(p.name for p in FOLDER.glob("*.ipynb"))
+    assert sorted(NOTEBOOKS) == on_disk == sorted(runner.NAMES)
+
+
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebooks_are_committed_without_outputs(name):
     nb = read(name)
