@@ -46,6 +46,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 import urllib3.exceptions
@@ -69,6 +70,7 @@ DEADLINE_ENV = "GPUCNN_DOWNLOAD_DEADLINE"
 RECORD = ".verified.json"
 LOCK = ".lock"
 CHUNK = 1 << 16
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -392,10 +394,13 @@ def _body_reader(resp: requests.Response) -> tuple[Callable[[], bytes], socket.s
     return reader, sock if isinstance(sock, socket.socket) else None
 
 
-def _download_body(resp, out, stall: float, min_rate: float, clock: _Clock) -> hashlib._Hash:
-    """Stream the body into ``out``, ending the attempt on a stall, a trickle or the deadline."""
+def _download_body(
+    resp, out, stall: float, min_rate: float, clock: _Clock
+) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """Stream the body into ``out``, ending the attempt on a stall, a trickle or the deadline;
+    returns its SHA-256 and MD5."""
     reader, sock = _body_reader(resp)
-    h, n = hashlib.sha256(), 0
+    h, m, n = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
     window_start, window_n = time.monotonic(), 0
     while True:
         wait = min(stall, clock.left())
@@ -414,9 +419,10 @@ def _download_body(resp, out, stall: float, min_rate: float, clock: _Clock) -> h
                 raise _Transient(f"stalled: no data for {stall:g} s after {n} bytes") from exc
             raise _Transient(f"connection broke after {n} bytes: {_network_error(exc)}") from exc
         if not chunk:
-            return h
+            return h, m
         out.write(chunk)
         h.update(chunk)
+        m.update(chunk)
         n += len(chunk)
         now = time.monotonic()
         if min_rate > 0 and now - window_start >= stall:
@@ -429,23 +435,19 @@ def _download_body(resp, out, stall: float, min_rate: float, clock: _Clock) -> h
             window_start, window_n = now, n
 
 
-def _fetch_once(
+def _get(
     session: requests.Session,
     url: str,
-    f: IdxFile,
+    name: str,
     folder: Path,
     timeout: tuple[float, float],
     min_rate: float,
     clock: _Clock,
-) -> tuple[Path, str]:
-    """Download, decompress and verify one file into a temporary file; returns (path, sha256).
-
-    The caller owns the returned temporary file; on any failure nothing is left behind.
-    """
+) -> tuple[Path, hashlib._Hash, hashlib._Hash, int]:
+    """Stream ``url`` into a temporary file in ``folder``; returns (path, its SHA-256, its
+    MD5, its size). The caller owns the file; on any failure nothing is left behind."""
     connect, stall = timeout
-    fd_gz, tmp_gz = tempfile.mkstemp(dir=folder, prefix=f".{f.remote}.part-")
-    fd_raw, tmp_raw = tempfile.mkstemp(dir=folder, prefix=f".{f.name}.part-")
-    os.close(fd_raw)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.part-")
     ok = False
     try:
         left = clock.left()
@@ -472,12 +474,41 @@ def _fetch_once(
             if resp.status_code != 200:
                 raise _Permanent(f"HTTP {resp.status_code} {resp.reason}")
             length = resp.headers.get("Content-Length")
-            with os.fdopen(fd_gz, "wb") as out:
-                fd_gz = -1
-                h_gz = _download_body(resp, out, stall, min_rate, clock)
+            with os.fdopen(fd, "wb") as out:
+                fd = -1
+                sha, md5 = _download_body(resp, out, stall, min_rate, clock)
                 n = out.tell()
+                out.flush()
+                os.fsync(out.fileno())
             if length is not None and length.isdigit() and n != int(length):
                 raise _Transient(f"truncated body: {n} of {length} bytes")
+        ok = True
+        return Path(tmp), sha, md5, n
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _fetch_once(
+    session: requests.Session,
+    url: str,
+    f: IdxFile,
+    folder: Path,
+    timeout: tuple[float, float],
+    min_rate: float,
+    clock: _Clock,
+) -> tuple[Path, str]:
+    """Download, decompress and verify one IDX file into a temporary file; returns (path,
+    sha256). The caller owns the returned temporary file; on any failure nothing is left
+    behind."""
+    tmp_gz, h_gz, _, n = _get(session, url, f.remote, folder, timeout, min_rate, clock)
+    fd_raw, tmp_raw = tempfile.mkstemp(dir=folder, prefix=f".{f.name}.part-")
+    os.close(fd_raw)
+    ok = False
+    try:
         if f.gz_sha256 and h_gz.hexdigest() != f.gz_sha256:
             raise _Permanent(
                 f"checksum mismatch: sha256 of {f.remote} is {h_gz.hexdigest()}, "
@@ -508,8 +539,6 @@ def _fetch_once(
         ok = True
         return Path(tmp_raw), digest
     finally:
-        if fd_gz >= 0:
-            os.close(fd_gz)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_gz)
         if not ok:
@@ -517,14 +546,12 @@ def _fetch_once(
                 os.unlink(tmp_raw)
 
 
-def _fetch_with_retries(
-    session, url, f, folder, timeout, min_rate, retry: RetryPolicy, clock: _Clock
-) -> tuple[Path, str]:
+def _fetch_with_retries(attempt: Callable[[], T], url: str, retry: RetryPolicy, clock: _Clock) -> T:
     """One mirror, retrying transient failures; every message counts the attempts made."""
     last = None  # the last failure that was the mirror's, not the deadline's
     for made in range(1, retry.attempts + 1):
         try:
-            return _fetch_once(session, url, f, folder, timeout, min_rate, clock)
+            return attempt()
         except _Transient as exc:
             if not exc.by_deadline:
                 last = str(exc)
@@ -550,6 +577,43 @@ def _fetch_with_retries(
             log.warning("%s: %s; retrying in %.1fs", url, exc, wait)
             time.sleep(wait)
     raise ValueError(f"RetryPolicy.attempts must be at least 1, got {retry.attempts}")
+
+
+def from_mirrors(
+    urls: Sequence[str],
+    remote: str,
+    attempt: Callable[[str], T],
+    retry: RetryPolicy,
+    clock: _Clock,
+    failures: dict[str, int],
+    dataset: str,
+    filename: str | None = None,
+) -> T:
+    """``attempt(url)`` for ``remote`` on each mirror in turn (those that failed earlier in
+    this call last), retrying transient failures on each, until one succeeds.
+
+    Raises:
+        DownloadError: every mirror failed, each listed with why.
+    """
+    attempts: list[tuple[str, str]] = []
+    transient, unreachable, out_of_time = True, True, False
+    for base in sorted(urls, key=failures.__getitem__):
+        url = base + remote
+        if out_of_time or clock.left() <= 0:
+            attempts.append((url, f"not tried: the {clock} download deadline had passed"))
+            unreachable = False
+            continue
+        log.info("fetching %s", url)
+        try:
+            return _fetch_with_retries(lambda u=url: attempt(u), url, retry, clock)
+        except _Permanent as exc:
+            log.warning("%s: %s", url, exc)
+            attempts.append((url, str(exc)))
+            failures[base] += 1
+            transient = transient and exc.transient
+            unreachable = unreachable and exc.unreachable
+            out_of_time = out_of_time or exc.deadline
+    raise DownloadError(filename or remote, attempts, transient, dataset, unreachable)
 
 
 def _cannot_write(folder: Path, bad: dict[str, str], exc: OSError) -> DataError:
@@ -628,34 +692,20 @@ def download(
             if why != "missing":
                 log.warning("%s: cached file is not valid (%s); fetching it again", final, why)
                 final.unlink()
-            attempts: list[tuple[str, str]] = []
-            transient, unreachable, out_of_time = True, True, False
-            for base in sorted(urls, key=failures.__getitem__):
-                url = base + f.remote
-                if out_of_time or clock.left() <= 0:
-                    attempts.append((url, f"not tried: the {clock} download deadline had passed"))
-                    unreachable = False
-                    continue
-                log.info("fetching %s", url)
-                try:
-                    tmp, digest = _fetch_with_retries(
-                        session, url, f, folder, timeout, min_rate, retry, clock
-                    )
-                except _Permanent as exc:
-                    log.warning("%s: %s", url, exc)
-                    attempts.append((url, str(exc)))
-                    failures[base] += 1
-                    transient = transient and exc.transient
-                    unreachable = unreachable and exc.unreachable
-                    out_of_time = out_of_time or exc.deadline
-                    continue
-                os.replace(tmp, final)
-                st = final.stat()
-                records[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-                log.info("%s verified (sha256 %s)", final, digest)
-                break
-            else:
-                raise DownloadError(f.name, attempts, transient, spec.name, unreachable)
+            tmp, digest = from_mirrors(
+                urls,
+                f.remote,
+                lambda url, f=f: _fetch_once(session, url, f, folder, timeout, min_rate, clock),
+                retry,
+                clock,
+                failures,
+                spec.name,
+                f.name,
+            )
+            os.replace(tmp, final)
+            st = final.stat()
+            records[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            log.info("%s verified (sha256 %s)", final, digest)
             _write_records(folder, records)
     return paths
 
