@@ -103,7 +103,7 @@ class _Transient(Exception):
         self.by_deadline = by_deadline
 
 
-class _Permanent(Exception):
+class Permanent(Exception):
     """Give up on this mirror; ``transient`` when it was retries of passing faults that ran out
     (or the deadline, then ``deadline`` too); ``unreachable`` when it could not be reached."""
 
@@ -116,7 +116,7 @@ class _Permanent(Exception):
         self.unreachable = unreachable
 
 
-class _Clock:
+class Clock:
     """The one deadline of a download call."""
 
     def __init__(self, seconds: float) -> None:
@@ -161,6 +161,42 @@ def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     return (Path(root).expanduser() if root is not None else default_root()) / name
 
 
+def check_data_dir(root: str | os.PathLike | None, name: str) -> None:
+    """Refuse a data directory that is a folder of class folders of images, not a cache.
+
+    ``--data-dir`` is where gpucnn keeps the datasets it downloads and decodes; a user who
+    points it at their own photos means ``--dataset PATH``. A folder holding ``name``'s
+    cache, or gpucnn's records, is a cache whatever else it holds.
+
+    Raises:
+        DataError: naming the folder, its class folders and the option that trains on them.
+    """
+    from gpucnn.data.images import EXTENSIONS
+
+    base = Path(root).expanduser() if root is not None else default_root()
+    if not base.is_dir() or (base / name).exists() or (base / "folders").is_dir():
+        return
+    classes = []
+    try:
+        for entry in sorted(os.scandir(base), key=lambda e: e.name)[:200]:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            with os.scandir(entry.path) as inner:
+                for _, f in zip(range(50), inner, strict=False):
+                    if Path(f.name).suffix.lower() in EXTENSIONS:
+                        classes.append(entry.name + "/")
+                        break
+    except OSError:
+        return
+    if classes:
+        shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+        raise DataError(
+            f"--data-dir {base} holds class folders of images ({shown}), not gpucnn's dataset "
+            f"cache: to train on these images pass --dataset {base} (--data-dir, "
+            "GPUCNN_DATA_DIR, is where gpucnn keeps the datasets it downloads and decodes)"
+        )
+
+
 def mirror_urls(spec: DatasetSpec, mirrors: Sequence[str] | None = None) -> list[str]:
     """GPUCNN_DATA_MIRROR first, then ``mirrors`` (or the registry's), each ending in "/"."""
     env = os.environ.get("GPUCNN_DATA_MIRROR")
@@ -177,7 +213,8 @@ def mirror_urls(spec: DatasetSpec, mirrors: Sequence[str] | None = None) -> list
 
 
 # -- the verification record ---------------------------------------------------------------
-def _read_records(folder: Path) -> dict[str, dict]:
+def read_records(folder: Path) -> dict[str, dict]:
+    """What ``folder``'s .verified.json records: {file name: {size, mtime_ns, sha256}}."""
     try:
         data = json.loads((folder / RECORD).read_text())
         return data if isinstance(data, dict) else {}
@@ -185,7 +222,7 @@ def _read_records(folder: Path) -> dict[str, dict]:
         return {}
 
 
-def _write_records(folder: Path, records: dict[str, dict]) -> None:
+def write_records(folder: Path, records: dict[str, dict]) -> None:
     _atomic_write_bytes(folder / RECORD, json.dumps(records, indent=1, sort_keys=True).encode())
 
 
@@ -395,7 +432,7 @@ def _body_reader(resp: requests.Response) -> tuple[Callable[[], bytes], socket.s
 
 
 def _download_body(
-    resp, out, stall: float, min_rate: float, clock: _Clock
+    resp, out, stall: float, min_rate: float, clock: Clock
 ) -> tuple[hashlib._Hash, hashlib._Hash]:
     """Stream the body into ``out``, ending the attempt on a stall, a trickle or the deadline;
     returns its SHA-256 and MD5."""
@@ -435,14 +472,14 @@ def _download_body(
             window_start, window_n = now, n
 
 
-def _get(
+def fetch_to_temp(
     session: requests.Session,
     url: str,
     name: str,
     folder: Path,
     timeout: tuple[float, float],
     min_rate: float,
-    clock: _Clock,
+    clock: Clock,
 ) -> tuple[Path, hashlib._Hash, hashlib._Hash, int]:
     """Stream ``url`` into a temporary file in ``folder``; returns (path, its SHA-256, its
     MD5, its size). The caller owns the file; on any failure nothing is left behind."""
@@ -466,13 +503,13 @@ def _get(
                 raise _Transient(f"stalled: no response within {stall:g} s (ReadTimeout)") from exc
             if _is_unreachable(exc):
                 why = f"unreachable (not retried): {_network_error(exc)}"
-                raise _Permanent(why, unreachable=True) from exc
+                raise Permanent(why, unreachable=True) from exc
             raise _Transient(_network_error(exc)) from exc
         with resp:
             if resp.status_code == 429 or resp.status_code >= 500:
                 raise _Transient(f"HTTP {resp.status_code} {resp.reason}", _retry_after(resp))
             if resp.status_code != 200:
-                raise _Permanent(f"HTTP {resp.status_code} {resp.reason}")
+                raise Permanent(f"HTTP {resp.status_code} {resp.reason}")
             length = resp.headers.get("Content-Length")
             with os.fdopen(fd, "wb") as out:
                 fd = -1
@@ -499,18 +536,18 @@ def _fetch_once(
     folder: Path,
     timeout: tuple[float, float],
     min_rate: float,
-    clock: _Clock,
+    clock: Clock,
 ) -> tuple[Path, str]:
     """Download, decompress and verify one IDX file into a temporary file; returns (path,
     sha256). The caller owns the returned temporary file; on any failure nothing is left
     behind."""
-    tmp_gz, h_gz, _, n = _get(session, url, f.remote, folder, timeout, min_rate, clock)
+    tmp_gz, h_gz, _, n = fetch_to_temp(session, url, f.remote, folder, timeout, min_rate, clock)
     fd_raw, tmp_raw = tempfile.mkstemp(dir=folder, prefix=f".{f.name}.part-")
     os.close(fd_raw)
     ok = False
     try:
         if f.gz_sha256 and h_gz.hexdigest() != f.gz_sha256:
-            raise _Permanent(
+            raise Permanent(
                 f"checksum mismatch: sha256 of {f.remote} is {h_gz.hexdigest()}, "
                 f"expected {f.gz_sha256}"
             )
@@ -525,17 +562,17 @@ def _fetch_once(
         except EOFError as exc:  # a gzip stream cut short: the body was truncated
             raise _Transient(f"truncated gzip stream ({exc})") from exc
         except (OSError, zlib.error) as exc:
-            raise _Permanent(f"not a gzip file ({exc}); got {n} bytes") from exc
+            raise Permanent(f"not a gzip file ({exc}); got {n} bytes") from exc
         digest = h.hexdigest()
         if f.sha256 and digest != f.sha256:
-            raise _Permanent(
+            raise Permanent(
                 f"checksum mismatch: sha256 of decompressed {f.name} is {digest}, "
                 f"expected {f.sha256}"
             )
         try:
             idx.validate(tmp_raw, f.shape)
         except DatasetFormatError as exc:
-            raise _Permanent(f"format: {exc}") from exc
+            raise Permanent(f"format: {exc}") from exc
         ok = True
         return Path(tmp_raw), digest
     finally:
@@ -546,7 +583,7 @@ def _fetch_once(
                 os.unlink(tmp_raw)
 
 
-def _fetch_with_retries(attempt: Callable[[], T], url: str, retry: RetryPolicy, clock: _Clock) -> T:
+def _fetch_with_retries(attempt: Callable[[], T], url: str, retry: RetryPolicy, clock: Clock) -> T:
     """One mirror, retrying transient failures; every message counts the attempts made."""
     last = None  # the last failure that was the mirror's, not the deadline's
     for made in range(1, retry.attempts + 1):
@@ -558,18 +595,18 @@ def _fetch_with_retries(attempt: Callable[[], T], url: str, retry: RetryPolicy, 
             plural = "s" * (made != 1)
             since = f"; last: {last}" if last else ""
             if exc.by_deadline:
-                raise _Permanent(
+                raise Permanent(
                     f"stopped by the {clock} download deadline after {made} attempt{plural}{since}",
                     transient=True,
                     deadline=True,
                 ) from exc
             if made == retry.attempts:
-                raise _Permanent(
+                raise Permanent(
                     f"gave up after {made} attempt{plural}{since}", transient=True
                 ) from exc
             wait = retry.delay(made - 1, exc.retry_after)
             if wait >= clock.left():
-                raise _Permanent(
+                raise Permanent(
                     f"gave up after {made} attempt{plural}: waiting {wait:.1f} s for another "
                     f"would pass the {clock} download deadline{since}",
                     transient=True,
@@ -584,7 +621,7 @@ def from_mirrors(
     remote: str,
     attempt: Callable[[str], T],
     retry: RetryPolicy,
-    clock: _Clock,
+    clock: Clock,
     failures: dict[str, int],
     dataset: str,
     filename: str | None = None,
@@ -606,7 +643,7 @@ def from_mirrors(
         log.info("fetching %s", url)
         try:
             return _fetch_with_retries(lambda u=url: attempt(u), url, retry, clock)
-        except _Permanent as exc:
+        except Permanent as exc:
             log.warning("%s: %s", url, exc)
             attempts.append((url, str(exc)))
             failures[base] += 1
@@ -616,7 +653,7 @@ def from_mirrors(
     raise DownloadError(filename or remote, attempts, transient, dataset, unreachable)
 
 
-def _cannot_write(folder: Path, bad: dict[str, str], exc: OSError) -> DataError:
+def cannot_write(folder: Path, bad: dict[str, str], exc: OSError) -> DataError:
     """The error for a cache that needs fetching into a folder that cannot be written."""
     kind = ChecksumError if any(why != "missing" for why in bad.values()) else DataError
     lines = "\n".join(f"  - {name}: {why}" for name, why in bad.items())
@@ -665,12 +702,13 @@ def download(
         DataError: files are missing or corrupt in a folder that cannot be written.
     """
     spec = get_spec(name)
+    check_data_dir(root, spec.name)
     urls = mirror_urls(spec, mirrors)
     retry = retry or RetryPolicy()
-    clock = _Clock(resolve_deadline(deadline))
+    clock = Clock(resolve_deadline(deadline))
     folder = dataset_dir(spec.name, root)
     paths = {key: folder / f.name for key, f in spec.files.items()}
-    records = _read_records(folder)
+    records = read_records(folder)
     bad = {k: why for k, f in spec.files.items() if (why := check_cached(paths[k], f, records))}
     if not bad:
         return paths
@@ -680,10 +718,10 @@ def download(
             stack.enter_context(folder_lock(folder, clock.left()))
         except OSError as exc:
             named = {spec.files[k].name: why for k, why in bad.items()}
-            raise _cannot_write(folder, named, exc) from exc
+            raise cannot_write(folder, named, exc) from exc
         session = stack.enter_context(requests.Session())
         failures = dict.fromkeys(urls, 0)  # a mirror that failed is tried after the others
-        records = _read_records(folder)  # another process may have filled it while we waited
+        records = read_records(folder)  # another process may have filled it while we waited
         for key in bad:
             f, final = spec.files[key], paths[key]
             why = check_cached(final, f, records)
@@ -706,7 +744,7 @@ def download(
             st = final.stat()
             records[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
             log.info("%s verified (sha256 %s)", final, digest)
-            _write_records(folder, records)
+            write_records(folder, records)
     return paths
 
 
@@ -723,9 +761,10 @@ def verify_local(
         ChecksumError: a file does not hold what the registry (or its record) says.
     """
     spec = get_spec(name)
+    check_data_dir(root, spec.name)
     folder = dataset_dir(spec.name, root)
     paths: dict[str, Path] = {}
-    records = _read_records(folder)
+    records = read_records(folder)
     for key in keys if keys is not None else spec.files:
         f = spec.files[key]
         path = folder / f.name

@@ -19,23 +19,28 @@ from gpucnn.data.cache import release_pages
 from gpucnn.data.normalization import Normalization, as_normalization
 
 
+def split_order(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The article's seeded split of n items: (train positions, validation positions) from
+    a permutation seeded by ``seed``, the last ``round(val_fraction * n)`` for validation."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"train_val_split: val_fraction must be in [0, 1), got {val_fraction!r}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(val_fraction * n))
+    return order[: n - n_val], order[n - n_val :]
+
+
 def train_val_split(
     images: np.ndarray, labels: np.ndarray, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The article's seeded 80/20 split: a permutation from ``seed``, the last
-    ``round(val_fraction * N)`` items for validation.
+    ``round(val_fraction * N)`` items for validation (:func:`split_order`).
 
     Returns:
         ((train_images, train_labels), (val_images, val_labels)).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"train_val_split: val_fraction must be in [0, 1), got {val_fraction!r}")
     if len(images) != len(labels):
         raise ValueError(f"train_val_split: {len(images)} images but {len(labels)} labels")
-    n = len(images)
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(val_fraction * n))
-    tr, va = order[: n - n_val], order[n - n_val :]
+    tr, va = split_order(len(images), val_fraction, seed)
     return (images[tr], labels[tr]), (images[va], labels[va])
 
 

@@ -306,7 +306,10 @@ def test_missing_files_without_download(tmp_path, tiny):
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'; choose one of mnist"):
+    with pytest.raises(
+        ValueError,
+        match="unknown dataset 'cifar'; choose one of cifar10, fashion-mnist, kmnist, mnist",
+    ):
         data.load("cifar")
     with pytest.raises(ValueError, match="unknown split 'val'"):
         data.load("mnist", split="val")
