@@ -8,15 +8,18 @@ By default the graph takes the normalised images the network takes, "input": (N,
 float32 with a dynamic batch axis N, and returns "logits" (N, K); apply
 (pixels / 255 - mean) / std first (the Predictor's ``normalise``) and a softmax after, if you
 want probabilities. With ``preprocessing=True`` both are in the graph: it takes "pixels",
-uint8 0..255 shaped (N, H, W) (one channel) or (N, C, H, W), and returns "probabilities"
-(N, K), the Predictor's ``predict_proba``.
+uint8 0..255 shaped (N, H, W) (one channel: the default there), (N, H, W, C) (channels last,
+as image libraries hold colour pictures: the default for colour) or (N, C, H, W), and
+returns "probabilities" (N, K), the Predictor's ``predict_proba``. The normalisation is
+per channel: (pixels / 255 - mean[c]) / std[c].
 
 Either way the model describes itself: its ``doc_string`` says, in words, what to feed it and
 what comes out, and its ``metadata_props`` (onnxruntime: ``session.get_modelmeta()
 .custom_metadata_map``) hold the same as strings: ``input``, ``input_layout``, ``output``,
-``normalisation`` (the formula, and whether the graph applies it), ``mean``, ``std``,
-``classes`` (a JSON list, index i for output i), ``preprocessing``, ``gpucnn_version`` and,
-where the checkpoint says, ``model`` and ``dataset``.
+``normalisation`` (the formula, and whether the graph applies it), ``mean``, ``std`` (a
+number for one channel, a JSON list of one per channel otherwise), ``image_size`` (H x W),
+``channels``, ``classes`` (a JSON list, index i for output i), ``preprocessing``,
+``gpucnn_version`` and, where the checkpoint says, ``model`` and ``dataset``.
 
 Layers are exported in their declared order and with their eval-mode semantics (BatchNorm
 with its running statistics, Dropout as the identity). The onnx package (the "onnx" extra) is
@@ -139,22 +142,30 @@ def _emit(g: _Graph, m: nn.Module, x: str, name: str) -> str:
     )
 
 
-LAYOUTS = ("NHW", "NCHW")
+LAYOUTS = ("NHW", "NHWC", "NCHW")
 
 
-def _preprocess(g: _Graph, pixels: str, layout: str, mean: float, std: float) -> str:
-    """Nodes from uint8 pixels, (N, H, W) for layout "NHW" or (N, C, H, W), to the normalised
-    float32 (N, C, H, W) the network takes: x = (pixels * (1/255) - mean) * (1/std),
-    data.normalize's float32 operations in its order."""
+def _preprocess(g: _Graph, pixels: str, layout: str, norm: Any) -> str:
+    """Nodes from uint8 pixels, (N, H, W) for layout "NHW", (N, H, W, C) for "NHWC" or
+    (N, C, H, W), to the normalised float32 (N, C, H, W) the network takes:
+    x = (pixels * (1/255) - mean[c]) * (1/std[c]), data.normalize's float32 operations in its
+    order (a gpucnn.data.Normalization: scalars when every channel has the same)."""
     base = "preprocess"
     x = pixels
     if layout == "NHW":  # (N, H, W) -> (N, 1, H, W)
         x = g.node("Unsqueeze", [x, g.const(f"{base}.channel_axis", [1], np.int64)], base)
+    elif layout == "NHWC":  # (N, H, W, C) -> (N, C, H, W)
+        x = g.node("Transpose", [x], base, perm=[0, 3, 1, 2])
     x = g.node("Cast", [x], base, to=g.float_type)
     x = g.node("Mul", [x, g.const(f"{base}.inv_255", np.float32(1.0 / 255.0))], base)
-    x = g.node("Sub", [x, g.const(f"{base}.mean", np.float32(mean))], base)
-    inv_std = np.float32(1.0) / np.float32(std)
+    mean, inv_std = norm.constants(np)
+    x = g.node("Sub", [x, g.const(f"{base}.mean", mean)], base)
     return g.node("Mul", [x, g.const(f"{base}.inv_std", inv_std)], base)
+
+
+def _layout_dims(layout: str, shape: tuple[int, int, int]) -> list[Any]:
+    c, h, w = shape
+    return {"NHW": ["N", h, w], "NHWC": ["N", h, w, c], "NCHW": ["N", c, h, w]}[layout]
 
 
 def describe(
@@ -177,11 +188,17 @@ def describe(
     """
     c, h, w = shape
     k = ", ".join(str(d) for d in out_shape)
-    formula = "(pixels / 255 - mean) / std"
+    formula = "(pixels / 255 - mean) / std" + (" per channel" if c > 1 else "")
     if layout is not None:
-        dims = f"(N, {h}, {w})" if layout == "NHW" else f"(N, {c}, {h}, {w})"
+        dims = "(" + ", ".join(str(d) for d in _layout_dims(layout, shape)) + ")"
         feed = f"pixels: uint8 {dims}, values 0..255"
-        words = "batch, height, width" if layout == "NHW" else "batch, channel, height, width"
+        words = {
+            "NHW": "batch, height, width",
+            "NHWC": "batch, height, width, channel (RGB)"
+            if c == 3
+            else "batch, height, width, channel",
+            "NCHW": "batch, channel, height, width",
+        }[layout]
         out = f"probabilities: float32 (N, {k}), softmax over the classes"
         norm = f"{formula}, in the graph"
     else:
@@ -197,9 +214,15 @@ def describe(
         "normalisation": norm if mean is not None else "unknown (export a Predictor)",
         "preprocessing": "in the graph" if in_graph else "not in the graph",
         "gpucnn_version": __version__,
+        "image_size": f"{h}x{w}",
+        "channels": str(c),
     }
     if mean is not None and std is not None:
-        meta["mean"], meta["std"] = repr(float(mean)), repr(float(std))
+        means, stds = np.atleast_1d(mean).tolist(), np.atleast_1d(std).tolist()
+        if len(means) == 1:
+            meta["mean"], meta["std"] = repr(float(means[0])), repr(float(stds[0]))
+        else:
+            meta["mean"], meta["std"] = json.dumps(means), json.dumps(stds)
     if classes is not None:
         meta["classes"] = json.dumps(list(classes))
     for key in ("model", "dataset"):
@@ -211,7 +234,11 @@ def describe(
     lines = [f"{about} (gpucnn {__version__}, ONNX opset {OPSET}).", f"Input {feed}."]
     if mean is not None:
         where = "The graph normalises them" if in_graph else "Normalise them first"
-        lines.append(f"{where}: x = {formula} with mean {mean:g}, std {std:g}.")
+        shown = ", ".join(f"{v:g}" for v in np.atleast_1d(mean))
+        shown_std = ", ".join(f"{v:g}" for v in np.atleast_1d(std))
+        if np.size(mean) > 1:
+            shown, shown_std = f"({shown})", f"({shown_std})"
+        lines.append(f"{where}: x = {formula} with mean {shown}, std {shown_std}.")
     lines.append(f"Output {out}.")
     if classes is not None:
         lines.append(f"Classes, output index 0..{len(classes) - 1}: {', '.join(classes)}.")
@@ -244,10 +271,12 @@ def onnx(
         preprocessing: put the normalisation and the softmax in the graph: it takes uint8
             pixels and returns probabilities.
         layout: with preprocessing, the pixels' layout: "NHW", (N, H, W) as MNIST's arrays
-            are (one channel only; the default then), or "NCHW", (N, C, H, W). One graph input
-            has one rank, so a file takes one of them: export each you need.
-        classes, mean, std: the class names and the normalisation, for a bare module (a
-            Predictor's own are the default).
+            are (one channel only; the default then), "NHWC", (N, H, W, C) as image libraries
+            hold colour pictures (the default for more than one channel), or "NCHW",
+            (N, C, H, W). One graph input has one layout, so a file takes one of them:
+            export each you need.
+        classes, mean, std: the class names and the normalisation (one value, or one per
+            channel), for a bare module (a Predictor's own are the default).
 
     Returns:
         ``path`` as a Path. Without preprocessing the graph's input is "input" (N, C, H, W)
@@ -288,12 +317,27 @@ def onnx(
         raise ValueError(
             f"export.onnx: {len(classes)} class names for a model whose output is {out_shape}"
         )
-    if (mean is None) != (std is None) or (std is not None and not float(std) > 0):
+    norm = None
+    if (mean is None) != (std is None):
         raise ValueError(f"export.onnx: give both mean and std (> 0), got {mean!r}, {std!r}")
+    if mean is not None:
+        from gpucnn.data.normalization import as_normalization
+
+        try:
+            norm = as_normalization(mean, std).for_channels(shape[0])
+        except ValueError as exc:
+            raise ValueError(
+                f"export.onnx: give both mean and std (> 0), one or one per channel, got "
+                f"{mean!r}, {std!r} ({exc})"
+            ) from None
     if preprocessing:
-        layout = layout or ("NHW" if shape[0] == 1 else "NCHW")
+        layout = layout or ("NHW" if shape[0] == 1 else "NHWC")
         if layout not in LAYOUTS or (layout == "NHW" and shape[0] != 1):
-            allowed = "'NHW' or 'NCHW'" if shape[0] == 1 else "'NCHW' (it takes more than one)"
+            allowed = (
+                "'NHW', 'NHWC' or 'NCHW'"
+                if shape[0] == 1
+                else "'NHWC' or 'NCHW' (it takes more than one)"
+            )
             raise ValueError(
                 f"export.onnx: layout must be {allowed} for a model taking {shape[0]} "
                 f"channel(s) per image, got {layout!r}"
@@ -309,9 +353,8 @@ def onnx(
     g = _Graph(helper, numpy_helper, TensorProto.FLOAT)
     if preprocessing:
         x = g.name("pixels")
-        dims = ["N", *shape[1:]] if layout == "NHW" else ["N", *shape]
-        feed = helper.make_tensor_value_info(x, TensorProto.UINT8, dims)
-        y = _emit(g, module, _preprocess(g, x, layout, float(mean), float(std)), "")
+        feed = helper.make_tensor_value_info(x, TensorProto.UINT8, _layout_dims(layout, shape))
+        y = _emit(g, module, _preprocess(g, x, layout, norm), "")
         g.nodes.append(helper.make_node("Softmax", [y], ["probabilities"], axis=1))
         result = helper.make_tensor_value_info(
             "probabilities", TensorProto.FLOAT, ["N", *out_shape]

@@ -2,10 +2,12 @@
 
     model = gpucnn.load("runs/<run>/checkpoints/best.npz")
     model.predict(images)            # -> class indices (N,)
+    model.predict(["cat.jpg", "dog.png"])   # image files, prepared as training prepared its own
 
 ``load`` rebuilds the network named in the checkpoint's config, loads and checks its weights,
 puts it in eval mode and wraps it in a :class:`Predictor`, which applies the run's
-normalisation (x / 255 for uint8 pixels, then (x - mean) / std) so callers pass raw images.
+normalisation (x / 255 for uint8 pixels, then (x - mean[c]) / std[c] per channel) so callers
+pass raw images, and reads image files of any size and mode as the run prepared its images.
 This module imports NumPy and gpucnn's own layers only; the checkpoint and dataset machinery
 is imported when first needed (``load``; gpucnn.data.normalize, the loader's formula, on the
 first uint8 batch).
@@ -35,15 +37,18 @@ class Predictor:
         module: the network; it is switched to eval mode (BatchNorm uses its running
             statistics, Dropout is the identity).
         classes: the class names, index i for output i.
-        mean: mean of the training pixels scaled to [0, 1].
-        std: their standard deviation.
+        mean: mean of the training pixels scaled to [0, 1]: one value, or one per channel.
+        std: their standard deviation, likewise.
         input_shape: one sample as the model takes it, (C, H, W), e.g. (1, 28, 28).
         batch_size: images per forward pass; any number of images is processed in chunks.
         config: the run's settings (informational; ``load`` fills it from the checkpoint).
+        prepare: how the run prepared image files ("digits": gpucnn.predict's rule for
+            MNIST-like data; "resize": gpucnn.data.images' rule, the default for colour).
 
     Images (every method): uint8 pixels 0..255 (other integer dtypes with values in that
     range too) or floats in [0, 1], shaped (N, C, H, W), or without the channel axis when
-    C == 1: (N, H, W), or a single image (H, W) (a batch of one).
+    C == 1: (N, H, W), or a single image (H, W) (a batch of one); or image files (a path or a
+    list of paths), read and prepared as the run prepared its images.
     """
 
     def __init__(
@@ -55,19 +60,33 @@ class Predictor:
         input_shape: tuple[int, int, int] = (1, 28, 28),
         batch_size: int = 1000,
         config: dict[str, Any] | None = None,
+        prepare: str | None = None,
     ) -> None:
+        from gpucnn.data.normalization import as_normalization
+
         if not isinstance(module, Module):
             raise TypeError(f"Predictor: module must be a gpucnn nn.Module, got {type(module)}")
         if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
             raise ValueError(f"Predictor: input_shape must be (C, H, W), got {input_shape!r}")
-        if not (np.isfinite(std) and std > 0 and np.isfinite(mean)):
-            raise ValueError(f"Predictor: need a finite mean and std > 0, got {mean!r}, {std!r}")
+        try:
+            norm = as_normalization(mean, std).for_channels(int(input_shape[0]))
+        except ValueError as exc:
+            raise ValueError(
+                f"Predictor: need a finite mean and std > 0 per channel, got {mean!r}, {std!r} "
+                f"({exc})"
+            ) from None
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Predictor: batch_size must be an integer >= 1, got {batch_size!r}")
         self.module = module.eval()
         self.classes = tuple(classes)
-        self.mean, self.std = float(mean), float(std)
+        self.normalization = norm
+        # one channel: the scalars (as runs of one channel record them); else per channel
+        self.mean = norm.mean[0] if norm.channels == 1 else norm.mean
+        self.std = norm.std[0] if norm.channels == 1 else norm.std
         self.input_shape = tuple(int(s) for s in input_shape)
+        if prepare not in (None, "digits", "resize"):
+            raise ValueError(f"Predictor: prepare must be 'digits' or 'resize', got {prepare!r}")
+        self.prepare = prepare or ("digits" if self.input_shape[0] == 1 else "resize")
         self.batch_size = batch_size
         self.config = dict(config or {})
         out = tuple(module.output_shape(self.input_shape))
@@ -85,6 +104,8 @@ class Predictor:
         Raises:
             ValueError: naming the shape or dtype given and the one expected.
         """
+        if _are_files(images):
+            images = self.read(images)
         a = np.asarray(images)
         c, h, w = self.input_shape
         want = f"(N, {c}, {h}, {w})" + (f", (N, {h}, {w}) or ({h}, {w})" if c == 1 else "")
@@ -122,6 +143,27 @@ class Predictor:
             )
         return a
 
+    def read(self, paths: Any) -> np.ndarray:
+        """Image files as uint8 (N, C, H, W), prepared as the run prepared its images: for a
+        model of digits ("digits"), gpucnn.predict.load_image's rule (grayscale, light strokes
+        on dark, resized); else gpucnn.data.images' (RGB or grayscale, shorter side to the
+        model's size, centre crop, EXIF orientation).
+
+        Raises:
+            ValueError: an image is refused (naming its path).
+        """
+        from gpucnn.data import images as image_files
+
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        c, h, w = self.input_shape
+        if h != w:
+            raise ValueError(f"reading files needs a square input; this model takes {h}x{w}")
+        if self.prepare == "digits":
+            from gpucnn.predict import load_image
+
+            return np.stack([load_image(p, h) for p in paths])[:, None]
+        return np.stack([image_files.load(p, h, c) for p in paths])
+
     def normalise(self, images: Any) -> np.ndarray:
         """Images as the model takes them: float32 (N, C, H, W), (x - mean) / std with x
         scaled to [0, 1]."""
@@ -131,11 +173,9 @@ class Predictor:
         if np.issubdtype(a.dtype, np.integer):  # pixels: exactly as the run's loader did
             from gpucnn.data import normalize
 
-            return normalize(a, self.mean, self.std)
+            return normalize(a, self.normalization)
         x = a.astype(np.float32)  # already scaled to [0, 1]
-        x -= np.float32(self.mean)
-        x *= np.float32(1.0) / np.float32(self.std)
-        return x
+        return self.normalization.apply(x)
 
     def _chunks(self, images: Any) -> Iterator[np.ndarray]:
         a = self.check_images(images)
@@ -214,27 +254,45 @@ def load(
             holds the weights of a different model.
     """
     from gpucnn import data, models
+    from gpucnn.data.normalization import Normalization
     from gpucnn.train.checkpoint import load_checkpoint
     from gpucnn.train.errors import CheckpointError
 
     ckpt = load_checkpoint(path)
     names = {"model": model, "dataset": dataset}
+    info = ckpt.config.get("data") if dataset is None else None
     for key in names:
         names[key] = names[key] or ckpt.config.get(key)
-        if not names[key]:
+        if not names[key] and not (key == "dataset" and info):
             raise CheckpointError(
                 f"{ckpt.path}: its config names no {key} (saved without a run config?); "
                 f"pass it: gpucnn.load(path, {key}=...)"
             )
     try:
-        spec = data.get_spec(names["dataset"])
-        module = models.build(names["model"], num_classes=len(spec.classes))
-    except ValueError as exc:
+        if not isinstance(info, dict):  # a checkpoint of a named dataset, before per-channel
+            info = data.describe(names["dataset"])
+        c, h, w = (int(v) for v in info["shape"])
+        norm = Normalization.from_dict(info["normalization"])
+        module = models.build(
+            names["model"], num_classes=len(info["classes"]), in_channels=c, input_size=h
+        )
+    except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{ckpt.path}: {exc}") from exc
     ckpt.check_model(module)
     module.load_state_dict(ckpt.model_state())
     module.to(get_backend(device))
-    input_shape = (1, *spec.files["test_images"].shape[1:])
+    prepare = "digits" if info.get("kind") == "idx" else "resize"
     return Predictor(
-        module, spec.classes, spec.mean, spec.std, input_shape, batch_size, ckpt.config
+        module, info["classes"], norm.mean, norm.std, (c, h, w), batch_size, ckpt.config, prepare
+    )
+
+
+def _are_files(images: Any) -> bool:
+    """Whether ``images`` names image files (a path, or a list of them) rather than pixels."""
+    if isinstance(images, (str, os.PathLike)):
+        return True
+    return (
+        isinstance(images, (list, tuple))
+        and len(images) > 0
+        and all(isinstance(p, (str, os.PathLike)) for p in images)
     )

@@ -27,12 +27,12 @@ class EvaluatedRun(Protocol):
 
     metrics: dict[str, Any]  # its "confusion_matrix" (K, K) counts
     model: Any  # the evaluated nn.Module, in eval mode, on the host
-    images: np.ndarray  # uint8 (N, H, W)
+    images: np.ndarray  # uint8 (N, C, H, W) (or (N, H, W))
     labels: np.ndarray
     predictions: np.ndarray
     classes: list[str]
-    mean: float
-    std: float
+    mean: Any  # one value, or one per channel
+    std: Any
     best_epoch: int | None
 
 
@@ -94,6 +94,17 @@ def _figure(**kwargs: Any) -> Any:
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)  # its own canvas: draws and saves PNGs, whatever pyplot's backend
     return fig
+
+
+def picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """One image as imshow takes it, and its colour map: (H, W) with "gray" for one channel,
+    (H, W, 3) in colour (None) for three. Shape: (H, W), (1, H, W) or (3, H, W)."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 3:
+        return a.transpose(1, 2, 0), None
+    return a, "gray"
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -310,7 +321,8 @@ def predictions(
         if k >= len(shown):
             continue
         i = shown[k]
-        ax.imshow(images[i], cmap="gray")
+        shown_image, cmap = picture(images[i])
+        ax.imshow(shown_image, cmap=cmap)
         ok = preds[i] == labels[i]
         ax.set_title(
             f"{classes[preds[i]]} ({classes[labels[i]]})",
@@ -402,7 +414,7 @@ def feature_maps_figure(model: Any, image: np.ndarray, x: np.ndarray, per_row: i
 
     Args:
         model: the trained network, in eval mode, on the host.
-        image: the raw image (H, W) to show.
+        image: the raw image (H, W) or (C, H, W) to show (in colour for 3 channels).
         x: the same image normalised, shaped (1, C, H, W) as the model takes it.
         per_row: the filters shown beside the input (and maps per row, one more).
 
@@ -438,15 +450,28 @@ def feature_maps_figure(model: Any, image: np.ndarray, x: np.ndarray, per_row: i
         fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
 
     ax = at(0, head + label)
-    ax.imshow(image, cmap="gray")
+    shown_image, cmap = picture(image)
+    ax.imshow(shown_image, cmap=cmap)
     ax.set_axis_off()
     ax.set_title("input", fontsize=7, pad=2)
     about = f"input {tuple(np.shape(image))}"
     if conv is not None:
-        w = to_host(conv.weight.data)[:, 0]  # (F, k, k), the first input channel
-        about += f"; the first conv's filters, {_describe_layer(conv)}: {min(len(w), per_row)}"
-        about += f" of {len(w)}"
-        row_of(0, 1, list(w[:per_row]), [""] * min(len(w), per_row), True, about)
+        weights = to_host(conv.weight.data)  # (F, C, k, k)
+        n = min(len(weights), per_row)
+        about += f"; the first conv's filters, {_describe_layer(conv)}: {n} of {len(weights)}"
+        if weights.shape[1] == 3:  # colour filters as colours, each scaled to [0, 1]
+            about += " (as RGB)"
+            lo = weights.min(axis=(1, 2, 3), keepdims=True)
+            span = np.maximum(weights.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-12)
+            rgb = ((weights - lo) / span).transpose(0, 2, 3, 1)
+            fig.text(0.1 / width, 1 - 0.22 / height, about, fontsize=9.5, ha="left")
+            for c in range(n):
+                ax = at(1 + c, head + label)
+                ax.imshow(rgb[c])
+                ax.set_axis_off()
+        else:
+            w = weights[:, 0]  # (F, k, k), the first input channel
+            row_of(0, 1, list(w[:per_row]), [""] * n, True, about)
     else:
         fig.text(0.1 / width, 1 - 0.22 / height, about, fontsize=9.5, ha="left")
     for r, (text, maps) in enumerate(stages, start=1):

@@ -2,12 +2,21 @@
 
     python -m gpucnn.predict --checkpoint runs/<run>/checkpoints/best.npz digit.png more.jpg
 
-Each image is read with Pillow (the optional "images" extra). A transparent image (a digit
-drawn on a transparent canvas) is composited over a background that contrasts with its ink;
-the image is turned to grayscale, inverted when its background is light (MNIST digits are
-light on dark), resized to 28×28 and normalised with the dataset's constants; the output is
-the class and its probability, and the top 3. Images smaller than 8×8, of a single shade, or
-larger than Pillow's pixel limit (Image.MAX_IMAGE_PIXELS) are refused.
+Each image is read with Pillow (the optional "images" extra), of any size and mode, and
+prepared as the checkpoint's run prepared its training images:
+
+- a model of a folder of images or of CIFAR-10: converted to RGB (or grayscale, when the run
+  was), turned upright by its EXIF orientation, its shorter side resized to the model's size
+  and the centre square cropped (gpucnn.data.images);
+- a model of digits (MNIST, Fashion-MNIST, KMNIST): a transparent image (a digit drawn on a
+  transparent canvas) is composited over a background that contrasts with its ink; the image
+  is turned to grayscale, inverted when its background is light (MNIST digits are light on
+  dark), resized to 28×28.
+
+Then it is normalised with the run's per-channel constants; the output is the class and its
+probability, and the top 3. Images larger than Pillow's pixel limit
+(Image.MAX_IMAGE_PIXELS) are refused, and, for digits, images smaller than 8×8 or of a
+single shade.
 """
 
 from __future__ import annotations
@@ -104,8 +113,7 @@ def predict_files(checkpoint: str | Path, paths: list[str], top: int = 3) -> lis
 def _predict(model, paths: list[str], top: int) -> list[dict]:
     if not 1 <= top <= len(model.classes):
         raise ValueError(f"top must be between 1 and {len(model.classes)}, got {top}")
-    size = model.input_shape[-1]
-    probs = model.predict_proba(np.stack([load_image(p, size) for p in paths]))
+    probs = model.predict_proba(model.read(paths))
     out = []
     for path, p in zip(paths, probs, strict=True):
         order = np.argsort(-p, kind="stable")[:top]
@@ -140,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("images", nargs="+", help="PNG or JPEG files")
+    ap.add_argument(
+        "images", nargs="+", help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF), of any size"
+    )
     ap.add_argument("--checkpoint", required=True, help="a checkpoint .npz from a training run")
     ap.add_argument(
         "--top", type=_positive_int, default=3, help="how many classes to list (default 3)"

@@ -32,7 +32,7 @@ from gpucnn.data.folder import ImageFolder
 from gpucnn.data.loader import DataLoader, normalize, train_val_split
 from gpucnn.data.normalization import Normalization
 from gpucnn.data.registry import DATASETS, DatasetSpec, get_spec
-from gpucnn.data.source import Dataset, Part, is_path, kind_of, module_of, names
+from gpucnn.data.source import Dataset, Part, display_name, is_path, kind_of, module_of, names
 
 SPLITS = ("train", "test")
 
@@ -145,6 +145,7 @@ __all__ = [
     "default_recipe",
     "default_root",
     "describe",
+    "display_name",
     "download",
     "get_spec",
     "idx",

@@ -367,7 +367,7 @@ def open_dataset(
             "folder": str(listing.root),
             "cache": str(folder / manifest["images"]),
             "files_digest": manifest["digest"],
-            "files": {s: [listing.files[i][0] for i in p.rows()] for s, p in parts.items()},
+            "paths": [f[0] for f in listing.files],
             "ignored_files": listing.ignored,
             "skipped_images": manifest["skipped"],
             "split_on_disk": listing.split_on_disk,
@@ -415,12 +415,11 @@ class ImageFolder:
         self._array = parts["train"].images
         self._rows = rows
         self.labels = np.concatenate([parts[s].labels for s in order])
-        files = self.dataset.facts["files"]
+        paths = self.dataset.facts["paths"]
         self.samples = [
-            (str(self.root / rel), int(y))
-            for rel, y in zip([r for s in order for r in files[s]], self.labels, strict=True)
+            (str(self.root / paths[r]), int(y)) for r, y in zip(rows, self.labels, strict=True)
         ]
-        self.split = [s for s in order for _ in files[s]]
+        self.split = [s for s in order for _ in range(len(parts[s]))]
 
     @property
     def images(self) -> np.ndarray:

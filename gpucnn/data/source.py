@@ -211,6 +211,15 @@ def kind_of(name: str) -> str:
     )
 
 
+def display_name(name: str) -> str:
+    """A dataset's name for run names and titles: a registry name as it is; a folder by its
+    own name, kept to letters, digits, '-' and '_' (at most 40)."""
+    if kind_of(name) != "folder":
+        return name
+    base = os.path.basename(os.path.normpath(os.path.expanduser(name)))
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in base)[:40] or "folder"
+
+
 def names() -> list[str]:
     """The datasets known by name."""
     from gpucnn.data.registry import DATASETS

@@ -99,7 +99,8 @@ def add_preset_option(ap: argparse.ArgumentParser) -> None:
         choices=sorted(PRESETS),
         default=None,
         help="start from a named recipe; options given explicitly override it (fast: the seed "
-        "model, batch 256, one cycle of 2 epochs: MNIST to 99%% test accuracy)",
+        "model, batch 256, one cycle of 2 epochs: MNIST to 99%% test accuracy; cifar: CIFAR-10 "
+        "in colour, the narrow ResNet, one cycle of 10 epochs, flips and crops)",
     )
 
 
@@ -174,10 +175,10 @@ def verify_data(configs: list[TrainConfig]) -> None:
 
     seen = set()
     for c in configs:
-        key = (c.dataset, c.data_dir, tuple(c.mirrors or ()))
+        key = (c.dataset, c.data_dir, tuple(c.mirrors or ()), tuple(c.data_options().items()))
         if key not in seen:
             seen.add(key)
-            data.download(c.dataset, c.data_dir, c.mirrors)
+            data.download(c.dataset, c.data_dir, c.mirrors, **c.data_options())
 
 
 class _BadValue(Exception):

@@ -10,9 +10,10 @@ training left them; --update-run rewrites those instead (metrics.json, plots/), 
 logs; the metrics are printed as JSON. It runs here, without Prefect, unless --prefect asks
 for a Prefect flow run (against PREFECT_API_URL's server, or Prefect's local API started
 while the data is verified). --export-onnx PATH also writes the model as ONNX (opset 17;
-input: normalised images (N, 1, 28, 28), output: logits; with --with-preprocessing: uint8
-pixels (N, 28, 28) in, probabilities out). The file records its input layout,
-normalisation, classes and gpucnn version (metadata_props, doc_string).
+input: normalised images (N, C, H, W), output: logits; with --with-preprocessing: uint8
+pixels in, probabilities out: (N, H, W) for one channel, (N, H, W, 3) for colour). The file
+records its input layout, image size, channels, per-channel normalisation, classes and
+gpucnn version (metadata_props, doc_string).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--with-preprocessing",
         action="store_true",
-        help="with --export-onnx: the ONNX model takes uint8 pixels (N, 28, 28) and returns "
-        "probabilities (the normalisation and softmax in the graph; (N, 1, 28, 28) pixels: "
+        help="with --export-onnx: the ONNX model takes uint8 pixels, (N, H, W) for one channel "
+        "(MNIST: (N, 28, 28)) or (N, H, W, 3) for colour, and returns probabilities (the "
+        "per-channel normalisation and softmax in the graph; (N, C, H, W) pixels: "
         "gpucnn.export.onnx(..., preprocessing=True, layout='NCHW'))",
     )
     return ap

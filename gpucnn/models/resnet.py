@@ -65,11 +65,16 @@ def resnet(
     return model
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 1, rng: RngLike = None) -> nn.Sequential:
-    """ResNet-18: BasicBlocks [2, 2, 2, 2] at widths 64, 128, 256, 512 (11.2 M parameters)."""
+def resnet18(
+    num_classes: int = 10, in_channels: int = 1, rng: RngLike = None, input_size: int = 28
+) -> nn.Sequential:
+    """ResNet-18: BasicBlocks [2, 2, 2, 2] at widths 64, 128, 256, 512 (11.2 M parameters);
+    global pooling makes it take any input size."""
     return resnet(num_classes, in_channels, rng)
 
 
-def resnet_small(num_classes: int = 10, in_channels: int = 1, rng: RngLike = None) -> nn.Sequential:
+def resnet_small(
+    num_classes: int = 10, in_channels: int = 1, rng: RngLike = None, input_size: int = 28
+) -> nn.Sequential:
     """A narrow ResNet for quick CPU runs: one BasicBlock per stage at widths 16, 32, 64."""
     return resnet(num_classes, in_channels, rng, widths=(16, 32, 64), blocks=(1, 1, 1))

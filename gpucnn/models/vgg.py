@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gpucnn import nn
+from gpucnn.models.seed import pooled_side
 from gpucnn.nn.init import RngLike, as_rng
 
 # Stacks of 3×3 convs ("same" padding) separated by 2×2 max-pools: 28 -> 14 -> 7 -> 3.
@@ -38,6 +39,7 @@ def vgg(
             layers.append(nn.BatchNorm2d(int(item)))
         layers.append(nn.ReLU())
         c = int(item)
+    pooled_side(input_size, size, "vgg")
     layers += [
         nn.Flatten(),
         nn.Linear(c * size * size, hidden, rng=rng),

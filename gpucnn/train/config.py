@@ -21,6 +21,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gpucnn import data, models
@@ -45,6 +46,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pct_start": 0.25,
         "val_fraction": 0.02,
     },
+    # CIFAR-10-sized colour images (32×32 RGB) on a CPU: the narrow ResNet (one BasicBlock per
+    # stage, widths 16, 32, 64), batch 128, one cycle of 10 epochs peaking at lr 4e-3 a quarter
+    # of the way in (Adam), flips and random crops, 10% of the training images held out
+    # (benchmarks/results/colour-cpu.md: its epoch on 2 cores beside PyTorch's)
+    "cifar": {
+        "dataset": "cifar10",
+        "model": "resnet",
+        "epochs": 10,
+        "batch_size": 128,
+        "lr": 4e-3,
+        "schedule": "onecycle",
+        "pct_start": 0.25,
+        "augment": "crop-flip",
+        "val_fraction": 0.1,
+    },
 }
 
 
@@ -62,7 +78,12 @@ class TrainConfig:
             value and the rule.
     """
 
-    dataset: str = _field("mnist", "dataset", choices=tuple(sorted(data.DATASETS)))
+    dataset: str = _field(
+        "mnist",
+        f"a dataset's name ({', '.join(data.names())}) or the path of a folder of images: one "
+        "subfolder per class, or train/ and test/ (and val/) holding them",
+        metavar="NAME|PATH",
+    )
     model: str = _field("seed", "network", choices=tuple(models.MODELS))
     epochs: int = _field(
         50, "maximum epochs; early stopping usually ends sooner (onecycle: the cycle's length)"
@@ -92,6 +113,25 @@ class TrainConfig:
         "'rotate=10,shift=0.1,scale=0.9:1.1,flip'",
     )
     val_fraction: float = _field(0.2, "fraction of the training images held out for validation")
+    test_fraction: float = _field(
+        0.2,
+        "an image folder without test/: fraction of each class held out for the test set",
+    )
+    image_size: int | None = _field(
+        None,
+        "an image folder: the side S images are resized to (shorter side to S, then the centre "
+        "SxS crop) (default: the training images' most common shorter side, at most 64)",
+    )
+    channels: int | None = _field(
+        None,
+        "an image folder: 3 (RGB) or 1 (grayscale) (default: 1 when every image is grayscale)",
+        choices=(1, 3),
+    )
+    skip_bad_images: bool = _field(
+        False,
+        "an image folder: leave out images that cannot be read (listed in the run's data.json) "
+        "instead of failing",
+    )
     device: str = _field("auto", "where to train", choices=DEVICES)
     seed: int = _field(0, "seeds weights, split, shuffling, dropout")
     limit: int | None = _field(
@@ -119,7 +159,20 @@ class TrainConfig:
             raise ValueError(
                 f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)}"
             )
-        spec = data.get_spec(self.dataset)
+        kind = data.kind_of(self.dataset)  # an unknown name: a ValueError naming those there are
+        if kind == "folder":
+            self.dataset = str(Path(self.dataset).expanduser().absolute())
+        elif any(v is not None for v in (self.image_size, self.channels)):
+            raise ValueError(
+                f"image_size and channels prepare an image folder's images; {self.dataset}'s "
+                "are fixed"
+            )
+        if self.image_size is not None and not 4 <= self.image_size <= 4096:
+            raise ValueError(f"image_size must be in [4, 4096], got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         data.parse_recipe(self.augment)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
@@ -145,8 +198,8 @@ class TrainConfig:
             raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got {self.monitor!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        available = spec.files["train_images"].shape[0]
-        if self.limit is not None and not 2 <= self.limit <= available:
+        available = data.train_count(self.dataset)  # None: a folder, counted when scanned
+        if self.limit is not None and not 2 <= self.limit <= (available or self.limit):
             raise ValueError(
                 f"limit must be between 2 and {available} (the {self.dataset} training set), "
                 f"got {self.limit}"
@@ -157,14 +210,14 @@ class TrainConfig:
                 f"the validation set; got {self.val_fraction}"
             )
         n = self.limit or available
-        n_val = int(round(self.val_fraction * n))
-        if not 1 <= n_val < n:
+        n_val = int(round(self.val_fraction * n)) if n else 1
+        if n and not 1 <= n_val < n:
             raise ValueError(
                 f"val_fraction {self.val_fraction} of {n} training images holds out {n_val} for "
                 f"validation; both parts need at least 1 image (raise limit or change "
                 f"val_fraction)"
             )
-        if self.schedule == "onecycle":
+        if self.schedule == "onecycle" and n:
             try:
                 check_one_cycle(**self.one_cycle_settings())
             except ValueError as exc:
@@ -175,8 +228,13 @@ class TrainConfig:
 
     @property
     def train_size(self) -> int:
-        """Training images after the validation split (gpucnn.data.train_val_split's count)."""
-        n = self.limit or data.get_spec(self.dataset).files["train_images"].shape[0]
+        """Training images after the validation split (gpucnn.data.train_val_split's count) of
+        a named dataset. An image folder's is known once it is scanned (len(split["train"]))."""
+        n = self.limit or data.train_count(self.dataset)
+        if n is None:
+            raise ValueError(
+                f"the training images of {self.dataset} are counted when the folder is scanned"
+            )
         return n - int(round(self.val_fraction * n))
 
     @property
@@ -184,15 +242,28 @@ class TrainConfig:
         """Optimizer steps in one epoch: batches of the training split, the last one partial."""
         return -(-self.train_size // self.batch_size)
 
-    def one_cycle_settings(self) -> dict[str, Any]:
+    def one_cycle_settings(self, train_size: int | None = None) -> dict[str, Any]:
         """The "onecycle" schedule's arguments (gpucnn.optim.OneCycleLR, OneCycleScheduler):
-        peak ``lr``, ``pct_start``, one cycle over ``epochs * steps_per_epoch`` steps, and
-        PyTorch's other defaults (cosine, from lr / 25 down to lr / 25 / 1e4)."""
+        peak ``lr``, ``pct_start``, one cycle over ``epochs * steps_per_epoch`` steps (of
+        ``train_size`` training images, default :attr:`train_size`), and PyTorch's other
+        defaults (cosine, from lr / 25 down to lr / 25 / 1e4)."""
+        steps = self.steps_per_epoch if train_size is None else -(-train_size // self.batch_size)
         return {
             "max_lr": self.lr,
             "epochs": self.epochs,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": steps,
             "pct_start": self.pct_start,
+        }
+
+    def data_options(self) -> dict[str, Any]:
+        """What gpucnn.data.download and open_dataset take besides the name, root and mirrors:
+        an image folder's decoding options (none for a named dataset)."""
+        if data.kind_of(self.dataset) != "folder":
+            return {}
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "skip_bad_images": self.skip_bad_images,
         }
 
     @classmethod

@@ -343,25 +343,26 @@ class _StepGraph:
         docstring)."""
         fit = self.fit
         k, loader, model, criterion = fit.backend.kernels, fit.loader, fit.model, fit.criterion
-        if fit.augment is None:
+        if fit.augment is None and loader.normalization.uniform:
             k.gather_batch(
                 loader.images, loader.labels, fit.perm, fit.batch_state, loader.batch_size,
                 loader.mean, loader.std, self.x, self.y,
             )  # fmt: skip
             x = self.x
-        else:  # as data.normalize: [0, 1] pixels, augmented, then normalised
+        else:  # as data.normalize: [0, 1] pixels, augmented, then normalised per channel
             k.gather_batch(
                 loader.images, loader.labels, fit.perm, fit.batch_state, loader.batch_size,
                 0.0, 1.0, self.x, self.y,
             )  # fmt: skip
+            x = self.x
             a = fit.augment
-            k.affine_params(
-                fit.batch_state, loader.seed, tuple(self.x.shape), a["degrees"], a["translate"],
-                a["scale"], a["flip"], self.inv, self.shift,
-            )  # fmt: skip
-            x = k.affine_warp(self.x, self.inv, self.shift)
-            x -= loader.mean
-            x *= np.float32(1.0) / loader.std
+            if a is not None:
+                k.affine_params(
+                    fit.batch_state, loader.seed, tuple(self.x.shape), a["degrees"],
+                    a["translate"], a["scale"], a["flip"], self.inv, self.shift,
+                )  # fmt: skip
+                x = k.affine_warp(self.x, self.inv, self.shift)
+            x = loader.normalization.apply(x, fit.norm_constants)
         model.zero_grad()
         logits = model(x)
         loss = criterion(logits, self.y)
@@ -411,6 +412,8 @@ class GraphTraining:
         self.model, self.criterion = trainer.model, trainer.criterion
         self.optimizer = trainer.optimizer
         self.augment = device_augmentation(loader.augment) if loader.augment is not None else None
+        # made before any capture: a captured step reads them from device memory
+        self.norm_constants = loader.normalization.constants(self.backend.xp)
         self.fallback: str | None = None
         self.checks: list[graph_check.StepCheck] = []
         self.check_reads = 0

@@ -36,40 +36,84 @@ from gpucnn.train.trainer import Trainer
 log = logging.getLogger("gpucnn.train")
 
 
-def load_split(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The verified data, split 80/20 (seeded) into train and validation, plus test.
+@dataclass
+class RunData:
+    """A run's data: the dataset, its train, val and test parts, and the normalisation the
+    run applies (the dataset's own, or computed from the training part)."""
+
+    dataset: data.Dataset
+    parts: dict[str, data.Part]
+    normalization: data.Normalization
+
+    def info(self) -> dict[str, Any]:
+        """What a model trained on this data needs (saved as the config's ``data``)."""
+        return self.dataset.info(self.normalization)
+
+
+def load_data(config: TrainConfig) -> RunData:
+    """The verified (or decoded) dataset, split into train, val and test.
 
     ``limit`` keeps the first ``limit`` training images (before the split); the test set is
-    always whole, so test metrics of quick runs compare with full ones.
+    always whole, so test metrics of quick runs compare with full ones. The named datasets
+    keep the article's seeded 80/20 split; an image folder's split keeps each class's share
+    (gpucnn.data.source.Dataset.split).
     """
-    x, y = data.load(config.dataset, "train", root=config.data_dir, mirrors=config.mirrors)
-    xt, yt = data.load(config.dataset, "test", root=config.data_dir, mirrors=config.mirrors)
-    if config.limit is not None:
-        x, y = x[: config.limit], y[: config.limit]
-    train, val = data.train_val_split(x, y, config.val_fraction, seed=config.seed)
-    return {"train": train, "val": val, "test": (xt, yt)}
+    ds = data.open_dataset(config.dataset, config.data_dir, config.mirrors, **config.data_options())
+    parts = ds.split(config.val_fraction, config.seed, config.limit, config.test_fraction)
+    return RunData(ds, parts, ds.normalization_for(parts["train"]))
+
+
+def load_split(config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The parts of :func:`load_data` as (images uint8 (N, C, H, W), labels) in memory."""
+    return {k: p.arrays() for k, p in load_data(config).parts.items()}
+
+
+def _as_part(value: Any) -> data.Part:
+    return value if isinstance(value, data.Part) else data.Part(*value)
 
 
 def make_loaders(
-    config: TrainConfig, split: dict[str, tuple[np.ndarray, np.ndarray]], backend: Backend
+    config: TrainConfig,
+    split: dict[str, Any],
+    backend: Backend,
+    normalization: data.Normalization | None = None,
 ) -> dict:
-    """DataLoaders for the split, their data moved once to ``backend``'s device."""
-    spec = data.get_spec(config.dataset)
-    common = {"mean": spec.mean, "std": spec.std, "device": backend}
+    """DataLoaders for the split (Parts, or (images, labels) pairs), their data moved once to
+    ``backend``'s device (a memory-mapped part stays on disk on the CPU); ``normalization``
+    defaults to the named dataset's."""
+    if normalization is None:
+        normalization = data.Normalization.from_dict(data.describe(config.dataset)["normalization"])
+    common = {"mean": normalization, "device": backend}
+    train = _as_part(split["train"])
     loaders = {
         "train": data.DataLoader(
-            *split["train"],
+            train.images,
+            train.labels,
             config.batch_size,
             shuffle=True,
             seed=config.seed,
             augment=data.parse_recipe(config.augment),
+            indices=train.indices,
             **common,
         )
     }
     for name in ("val", "test"):
-        if len(split[name][1]):
-            loaders[name] = data.DataLoader(*split[name], 1000, shuffle=False, **common)
+        part = _as_part(split[name])
+        if len(part):
+            loaders[name] = data.DataLoader(
+                part.images, part.labels, 1000, shuffle=False, indices=part.indices, **common
+            )
     return loaders
+
+
+def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
+    """The config's network for the data ``info`` describes (Dataset.info): its classes,
+    channels and image size."""
+    c, h, _ = info["shape"]
+    return models.build(
+        config.model, num_classes=len(info["classes"]), in_channels=c, seed=config.seed,
+        input_size=h,
+    )  # fmt: skip
 
 
 def build_trainer(
@@ -78,14 +122,19 @@ def build_trainer(
     backend: Backend,
     progress: bool = True,
     extra_callbacks: tuple = (),
+    info: dict[str, Any] | None = None,
+    train_size: int | None = None,
 ) -> Trainer:
-    spec = data.get_spec(config.dataset)
-    model = models.build(config.model, num_classes=len(spec.classes), seed=config.seed)
+    """The Trainer of a run: the model built for the data (``info``, Dataset.info's form;
+    default: the named dataset's), Adam, the schedule (one-cycle over ``train_size`` training
+    images, default the config's count), early stopping, checkpoints and logs."""
+    info = info or data.describe(config.dataset)
+    model = build_model(config, info)
     opt = optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad
     )
     if config.schedule == "onecycle":  # per batch; no plateau cuts on top of the cycle
-        scheduler: Callback = OneCycleScheduler(**config.one_cycle_settings())
+        scheduler: Callback = OneCycleScheduler(**config.one_cycle_settings(train_size))
     else:
         scheduler = PlateauScheduler(
             "val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
@@ -106,7 +155,7 @@ def build_trainer(
         device=backend,
         callbacks=callbacks,
         history_path=run_dir / "history.json",
-        config=config.to_dict(),
+        config={**config.to_dict(), "data": info},
         progress=progress,
     )
 
@@ -140,10 +189,15 @@ def train(
                 return json.loads(done.read_text())
         else:
             folder.clear()
-        write_json(folder.path / "config.json", config.to_dict())
         backend = get_backend(config.device)  # resolved once for the whole run
-        loaders = make_loaders(config, load_split(config), backend)
-        trainer = build_trainer(config, folder.path, backend, progress, extra_callbacks)
+        run_data = load_data(config)
+        info = run_data.info()
+        write_json(folder.path / "config.json", {**config.to_dict(), "data": info})
+        loaders = make_loaders(config, run_data.parts, backend, run_data.normalization)
+        trainer = build_trainer(
+            config, folder.path, backend, progress, extra_callbacks, info,
+            len(run_data.parts["train"]),
+        )  # fmt: skip
         checkpoints = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
         if resume:
             checkpoints.resume(trainer)
@@ -169,8 +223,8 @@ class Evaluation:
         metrics: JSON-ready: split, samples, loss, accuracy, top-3 accuracy, per-class
             accuracy, confusion matrix, classes.
         model: the evaluated model, in eval mode, on the host.
-        images: the split's uint8 images (N, H, W); labels and predictions (N,).
-        classes, mean, std: the dataset's class names and normalisation.
+        images: the split's uint8 images (N, C, H, W); labels and predictions (N,).
+        classes, mean, std: the class names and the normalisation (one value per channel).
         best_epoch: the epoch whose weights the checkpoint holds, when it says.
     """
 
@@ -180,39 +234,73 @@ class Evaluation:
     labels: np.ndarray
     predictions: np.ndarray
     classes: list[str]
-    mean: float
-    std: float
+    mean: Any
+    std: Any
     best_epoch: int | None = None
 
 
 def split_info(config: TrainConfig) -> dict[str, Any]:
-    """What the run's data is: counts per split and per class, the split seed, the
-    augmentation and the normalisation (the run folder's data.json)."""
-    split = load_split(config)
-    spec = data.get_spec(config.dataset)
-    return {
+    """What the run's data is: counts per split and per class, the split seed and fractions,
+    the augmentation, the normalisation, the classes and image shape, and the dataset's facts
+    (digests; an image folder's files per split and the images skipped) (the run folder's
+    data.json)."""
+    run_data = load_data(config)
+    ds, norm = run_data.dataset, run_data.normalization
+    parts = run_data.parts
+    skipped = ds.facts.get("skipped_images") or []
+    if skipped:
+        log.warning("%d images of %s skipped (listed in data.json)", len(skipped), ds.name)
+    info = {
         "dataset": config.dataset,
-        "counts": {k: int(len(v[1])) for k, v in split.items()},
-        "train_class_counts": np.bincount(split["train"][1], minlength=len(spec.classes)).tolist(),
+        "kind": ds.kind,
+        "counts": {k: int(len(v)) for k, v in parts.items()},
+        "train_class_counts": np.bincount(
+            parts["train"].labels, minlength=len(ds.classes)
+        ).tolist(),
         "val_fraction": config.val_fraction,
         "split_seed": config.seed,
         "augmentation": repr(data.parse_recipe(config.augment)),
-        "normalisation": {"mean": spec.mean, "std": spec.std},
+        "normalisation": (
+            {"mean": norm.mean[0], "std": norm.std[0]} if norm.channels == 1 else norm.to_dict()
+        ),
+        "classes": list(ds.classes),
+        "image_shape": list(ds.shape),
     }
+    if ds.stratified:
+        info["split"] = "per class" + ("" if "test" in ds.parts else ", test held out")
+        info["test_fraction"] = config.test_fraction
+        paths = ds.facts["paths"]  # the folder's file of each row of the cache
+        info["files"] = {n: [paths[r] for r in p.rows().tolist()] for n, p in parts.items()}
+    if ds.prepare:
+        info["prepare"] = ds.prepare
+    info.update({k: v for k, v in ds.facts.items() if k != "paths"})
+    return info
 
 
 def evaluate_checkpoint(
     config: TrainConfig, checkpoint: str | os.PathLike, split: str = "test"
 ) -> Evaluation:
-    """Test metrics of a checkpoint: loss, accuracy, top-3, per-class accuracy, confusion."""
-    spec = data.get_spec(config.dataset)
+    """Test metrics of a checkpoint: loss, accuracy, top-3, per-class accuracy, confusion.
+
+    The images are prepared and normalised as the checkpoint's run prepared them (its
+    config's ``data``; a checkpoint that predates it: the dataset's)."""
     backend = get_backend(config.device)
-    parts = load_split(config)
-    loaders = make_loaders(config, parts, backend)
+    ckpt = load_checkpoint(checkpoint)
+    run_data = load_data(config)
+    info = ckpt.config.get("data") or run_data.info()
+    if list(info["classes"]) != list(run_data.dataset.classes):
+        raise data.DataError(
+            f"{checkpoint} was trained on classes {info['classes']}, but {config.dataset} "
+            f"holds {list(run_data.dataset.classes)}"
+        )
+    norm = run_data.normalization
+    if info.get("normalization"):
+        norm = data.Normalization.from_dict(info["normalization"])
+    loaders = make_loaders(config, run_data.parts, backend, norm)
     if split not in loaders:
         raise ValueError(f"no {split!r} data to evaluate on")
-    model = models.build(config.model, num_classes=len(spec.classes), seed=config.seed)
-    ckpt = load_checkpoint(checkpoint)
+    classes = list(info["classes"])
+    model = build_model(config, info)
     ckpt.restore(model)
     trainer = Trainer(
         model,
@@ -223,29 +311,29 @@ def evaluate_checkpoint(
     )
     logits, labels = trainer.predict(loaders[split])
     loss = float(nn.CrossEntropyLoss()(logits, labels))
-    cm = confusion_matrix(logits, labels, len(spec.classes))
+    cm = confusion_matrix(logits, labels, len(classes))
     preds = logits.argmax(axis=1)
     metrics = {
         "split": split,
         "samples": int(len(labels)),
         "loss": loss,
         "accuracy": float((preds == labels).mean()),
-        "top3_accuracy": topk_accuracy(logits, labels, 3),
+        "top3_accuracy": topk_accuracy(logits, labels, min(3, len(classes))),
         "per_class_accuracy": {
-            c: float(a) for c, a in zip(spec.classes, per_class_accuracy(cm), strict=True)
+            c: float(a) for c, a in zip(classes, per_class_accuracy(cm), strict=True)
         },
         "confusion_matrix": cm.tolist(),
-        "classes": list(spec.classes),
+        "classes": classes,
     }
     return Evaluation(
         metrics,
         model.to("cpu").eval(),
-        parts[split][0],
+        run_data.parts[split].arrays()[0],
         labels,
         preds,
-        list(spec.classes),
-        spec.mean,
-        spec.std,
+        classes,
+        norm.mean,
+        norm.std,
         best_epoch=ckpt.epoch or None,
     )
 

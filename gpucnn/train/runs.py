@@ -116,8 +116,10 @@ def config_digest(config: TrainConfig) -> str:
 
 
 def default_run_name(config: TrainConfig) -> str:
-    """dataset-model-<config digest>."""
-    return f"{config.dataset}-{config.model}-{config_digest(config)}"
+    """dataset-model-<config digest>; a folder of images by its own name."""
+    from gpucnn.data import display_name
+
+    return f"{display_name(config.dataset)}-{config.model}-{config_digest(config)}"
 
 
 def plural(n: int, noun: str) -> str:
