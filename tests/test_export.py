@@ -233,7 +233,10 @@ def test_the_model_says_how_to_feed_it(tmp_path):
     ("kwargs", "match"),
     [
         ({"preprocessing": True}, r"preprocessing=True needs the normalisation"),
-        ({"preprocessing": True, "mean": 0.1, "std": 0.3, "layout": "NHWC"}, r"'NHW' or 'NCHW'"),
+        (
+            {"preprocessing": True, "mean": 0.1, "std": 0.3, "layout": "NWHC"},
+            r"'NHW', 'NHWC' or 'NCHW'",
+        ),
         ({"layout": "NHW"}, r"it needs preprocessing=True"),
         ({"mean": 0.1}, r"give both mean and std"),
         ({"classes": ["a", "b"]}, r"2 class names for a model whose output is \(10,\)"),
@@ -245,18 +248,26 @@ def test_what_cannot_describe_the_model_is_refused(tmp_path, kwargs, match):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_three_channel_pixels_come_in_nchw_only(tmp_path):
+def test_three_channel_pixels_come_channels_last_or_nchw_normalised_per_channel(tmp_path):
     model = randomise(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GlobalAvgPool2d(), nn.Linear(4, 2)))
-    common = {"input_shape": (3, 8, 8), "preprocessing": True, "mean": 0.5, "std": 0.2}
-    with pytest.raises(ValueError, match=r"layout must be 'NCHW' \(it takes more than one\)"):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    common = {"input_shape": (3, 8, 8), "preprocessing": True, "mean": mean, "std": std}
+    with pytest.raises(ValueError, match=r"layout must be 'NHWC' or 'NCHW' \(it takes more"):
         gpucnn.export.onnx(model, tmp_path / "x.onnx", layout="NHW", **common)
-    path = gpucnn.export.onnx(model, tmp_path / "rgb.onnx", **common)  # NCHW by default
     pixels = np.random.default_rng(6).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (probs,) = session.run(None, {"pixels": pixels})
-    z = model((pixels.astype(np.float32) / 255 - 0.5) / 0.2)
+    m, s = np.array(mean, np.float32)[:, None, None], np.array(std, np.float32)[:, None, None]
+    z = model((pixels.astype(np.float32) / 255 - m) / s)
     want = np.exp(z - z.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(probs, want / want.sum(axis=1, keepdims=True), rtol=1e-4)
+    want /= want.sum(axis=1, keepdims=True)
+    for layout, feed in ((None, pixels.transpose(0, 2, 3, 1)), ("NCHW", pixels)):
+        path = gpucnn.export.onnx(model, tmp_path / f"rgb-{layout}.onnx", layout=layout, **common)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (probs,) = session.run(None, {"pixels": np.ascontiguousarray(feed)})
+        np.testing.assert_allclose(probs, want, rtol=1e-4)
+        meta, _ = metadata(path)
+        assert json.loads(meta["mean"]) == list(mean) and meta["channels"] == "3"
+        assert meta["image_size"] == "8x8"
+    assert session.get_inputs()[0].shape == ["N", 3, 8, 8]
 
 
 def test_the_evaluate_command_takes_with_preprocessing_only_with_an_export(capsys):

@@ -129,7 +129,6 @@ def scan(root: str | os.PathLike) -> FileList:
         )
     subdirs = _class_folders(root)
     split_on_disk = "train" in subdirs and set(subdirs) <= set(SPLITS)
-    seen: set = set()
     files: list[tuple[str, int, int, int, str]] = []
     ignored, unreadable = 0, []
     if split_on_disk:
@@ -161,7 +160,7 @@ def scan(root: str | os.PathLike) -> FileList:
         for label, name in enumerate(classes):
             if name not in present:
                 continue
-            found, n_other, bad = _walk(base / name, root, seen)
+            found, n_other, bad = _walk(base / name, root, set())  # each folder once a class
             ignored += n_other
             unreadable += bad
             if not found and not bad:

@@ -24,8 +24,10 @@ def test_one_epoch_of_the_seed_recipe_reaches_98_percent(mnist_root, tmp_path):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown model 'alexnet'"):
         TrainConfig(model="alexnet")
-    with pytest.raises(ValueError, match="unknown dataset 'cifar10'"):
-        TrainConfig(dataset="cifar10")
+    with pytest.raises(ValueError, match="unknown dataset 'cifar100'; choose one of cifar10"):
+        TrainConfig(dataset="cifar100")
+    with pytest.raises(ValueError, match="image_size and channels prepare an image folder"):
+        TrainConfig(dataset="mnist", image_size=32)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="unknown item 'blur'"):
