@@ -127,7 +127,7 @@ def _check_cached(folder: Path, records: dict[str, dict]) -> dict[str, str]:
     return bad
 
 
-def check_members(archive: Path, members: list[tarfile.TarInfo]) -> dict[str, tarfile.TarInfo]:
+def check_members(archive: Any, members: list[tarfile.TarInfo]) -> dict[str, tarfile.TarInfo]:
     """The members to extract, by name within the folder, after checking every member.
 
     Raises:
@@ -172,10 +172,10 @@ def check_members(archive: Path, members: list[tarfile.TarInfo]) -> dict[str, ta
     return wanted
 
 
-def extract(archive: Path, folder: Path) -> dict[str, str]:
+def extract(archive: Path, folder: Path, label: str | None = None) -> dict[str, str]:
     """Check the archive's members, then extract the ones gpucnn reads into ``folder``
     (each through a temporary file); returns {member: sha256}. On any failure nothing
-    this call wrote is left.
+    this call wrote is left. ``label`` names the archive in messages (default: its path).
 
     Raises:
         DatasetFormatError: a member check failed, or the archive is not a whole .tar.gz.
@@ -185,14 +185,14 @@ def extract(archive: Path, folder: Path) -> dict[str, str]:
     try:
         try:
             with tarfile.open(archive, "r:gz") as tf:
-                wanted = check_members(archive, tf.getmembers())
+                wanted = check_members(label or archive, tf.getmembers())
                 digests = {}
                 folder.mkdir(parents=True, exist_ok=True)
                 for inner, m in wanted.items():
                     digests[inner] = _extract_one(tf, m, folder / inner, done)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DatasetFormatError(
-                f"{archive}: not a whole .tar.gz archive ({type(exc).__name__}: {exc}); "
+                f"{label or archive}: not a whole .tar.gz archive ({type(exc).__name__}: {exc}); "
                 "nothing was extracted"
             ) from exc
         ok = True
@@ -295,7 +295,7 @@ def download(
         def attempt(url: str) -> tuple[Path, str, dict[str, str]]:
             tmp, sha = _fetch_archive(session, url, folder, timeout, min_rate, clock)
             try:
-                return tmp, sha, extract(tmp, folder)
+                return tmp, sha, extract(tmp, folder, SPEC.archive)
             except DatasetFormatError as exc:
                 raise fetch.Permanent(str(exc)) from exc
             finally:

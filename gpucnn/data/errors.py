@@ -24,9 +24,10 @@ class DatasetFormatError(DataError):
 def mirror_advice(dataset: str | None = None) -> list[str]:
     """How to point gpucnn at another source: three lines, to follow a list of failed mirrors."""
     folder = f"{dataset}/" if dataset else "<dataset>/"
+    files = "cifar-10-binary.tar.gz" if dataset == "cifar10" else "the four .gz files"
     return [
         "To use another source: set GPUCNN_DATA_MIRROR=URL or pass --mirror URL (a URL prefix "
-        "serving the four .gz files);",
+        f"serving {files});",
         "`python -m http.server 8000` run in a folder holding them serves http://127.0.0.1:8000/.",
         f"Or pass --data-dir DIR where DIR/{folder} already holds the files (a gpucnn cache).",
     ]
