@@ -324,9 +324,9 @@ def download(
     skip_bad_images: bool = False,
 ) -> dict[str, Path]:
     """Decode the folder into its cache when it is not current (nothing is downloaded);
-    returns {"cache": the cache folder}."""
-    _, folder, _ = prepare_cache(name, root, image_size, channels, skip_bad_images)
-    return {"cache": folder}
+    returns {"images": the cache's images file}."""
+    _, folder, manifest = prepare_cache(name, root, image_size, channels, skip_bad_images)
+    return {"images": folder / manifest["images"]}
 
 
 def open_dataset(

@@ -111,7 +111,7 @@ def _train(
             )
             return done
         logger.info("run folder %s", folder.path.resolve())
-        download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
+        download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors, cfg.data_options())
         with run_log(folder.path / "log.txt", RUN_LOGGERS):
             prepare_data(cfg, str(folder.path))
             summary = train_model(cfg, str(folder.path))
@@ -141,7 +141,7 @@ def evaluate_flow(
     cfg = checkpoint_config(load_checkpoint(checkpoint).config, data_dir, mirrors)
     run_dir, name = evaluation_of(checkpoint, output_dir, update_run)
     with flow_run_scope(), RunFolder(run_dir).claim(instead="output_dir"):
-        download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors)
+        download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors, cfg.data_options())
         return evaluate_model(cfg, str(run_dir), str(Path(checkpoint).resolve()), name)
 
 

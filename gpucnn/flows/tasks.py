@@ -48,16 +48,21 @@ def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
     task_run_name="download-{dataset}",
 )
 def download_dataset(
-    dataset: str, data_dir: str | None = None, mirrors: list[str] | None = None
+    dataset: str,
+    data_dir: str | None = None,
+    mirrors: list[str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Fetch and verify the dataset's files.
+    """Fetch and verify the dataset's files (an image folder: decode it into its cache, with
+    the config's ``options``: TrainConfig.data_options).
 
     data.download retries transient failures itself, under one deadline, and counts its
     attempts in its error; Prefect retries the task once more when every mirror failed for
     reasons that may pass (a network that comes back), never after a checksum failure.
     """
-    paths = data.download(dataset, data_dir, mirrors)
-    get_run_logger().info("%s verified in %s", dataset, Path(paths["train_images"]).parent)
+    paths = data.download(dataset, data_dir, mirrors, **(options or {}))
+    where = Path(next(iter(paths.values()))).parent
+    get_run_logger().info("%s verified in %s", dataset, where)
     return {k: str(v) for k, v in paths.items()}
 
 
