@@ -115,10 +115,10 @@ class Normalization:
         return cls(_as_tuple(d["mean"]), _as_tuple(d["std"]))
 
     @classmethod
-    def of(cls, images: Any, indices: Any = None, chunk: int = 4096) -> Normalization:
+    def of(cls, images: Any, indices: Any = None, chunk: int | None = None) -> Normalization:
         """The per-channel mean and std of uint8 images scaled to [0, 1], over the rows
-        ``indices`` (default: all), read ``chunk`` images at a time (a memory-mapped cache
-        is never read whole into memory). Sums are float64.
+        ``indices`` (default: all), read ``chunk`` images at a time (default: about 2 M
+        pixels; a memory-mapped cache is never read whole into memory). Sums are float64.
 
         Shape: images uint8 (N, C, H, W).
 
@@ -129,6 +129,8 @@ class Normalization:
         if n == 0:
             raise ValueError("Normalization.of: no images to compute a mean and std from")
         c = images.shape[1]
+        if chunk is None:
+            chunk = max(1, (1 << 21) // int(np.prod(images.shape[1:])))
         total = np.zeros(c)
         squares = np.zeros(c)
         order = np.arange(len(images)) if indices is None else np.sort(np.asarray(indices))
@@ -138,7 +140,7 @@ class Normalization:
             block = np.asarray(images[order[i : i + chunk]], dtype=np.float64)
             release_pages(images)
             total += block.sum(axis=(0, 2, 3))
-            squares += np.square(block).sum(axis=(0, 2, 3))
+            squares += np.square(block, out=block).sum(axis=(0, 2, 3))
         count = n * images.shape[2] * images.shape[3]
         mean = total / count / 255.0
         var = np.maximum(squares / count / 255.0**2 - mean**2, 0.0)
