@@ -299,6 +299,12 @@ def prepare_cache(
     listing = scan(path)
     options = {"image_size": image_size, "channels": channels, "skip": skip_bad_images}
     folder = cache_folder(listing, options, root)
+    if folder.resolve().is_relative_to(listing.root):
+        raise DataError(
+            f"the data directory {folder.parents[1]} lies inside the dataset folder "
+            f"{listing.root}: its cache would become one of the classes; pass --data-dir "
+            "(GPUCNN_DATA_DIR) naming a folder outside it"
+        )
     manifest = cache.read_manifest(folder)
     if _valid(manifest, listing, options):
         return listing, folder, manifest

@@ -238,6 +238,13 @@ def test_data_dir_holding_class_folders_of_images_is_refused(tmp_path):
     assert not (root / "mnist").exists()
 
 
+def test_a_data_dir_inside_the_dataset_folder_is_refused(tmp_path):
+    root = random_folder(tmp_path / "photos")
+    with pytest.raises(data.DataError, match="lies inside the dataset folder"):
+        data.download(str(root), root)
+    assert sorted(p.name for p in root.iterdir()) == ["class0", "class1", "class2"]
+
+
 def test_image_folder_class(tmp_path):
     root = random_folder(tmp_path / "f", n_per_class=3, size=10)
     f = data.ImageFolder(root, image_size=8, cache_root=tmp_path / "cache")
