@@ -165,10 +165,10 @@ def test_record_step_agrees_with_the_cpu_twin(dev):
 # -- graph epochs ----------------------------------------------------------------------------
 
 
-def _model(dropout=True, seed=0, conv_bias=True):
+def _model(dropout=True, seed=0, conv_bias=True, in_channels=1):
     g = np.random.default_rng(seed)
     layers = [
-        nn.Conv2d(1, 2, 3, padding=1, bias=conv_bias, rng=g),
+        nn.Conv2d(in_channels, 2, 3, padding=1, bias=conv_bias, rng=g),
         nn.BatchNorm2d(2),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -319,6 +319,27 @@ def test_graph_epochs_equal_the_eager_trainer_where_the_math_is_the_same():
     for epoch, got in enumerate(logs):
         for key in LOG_KEYS:
             assert got[key] == pytest.approx(history[key][epoch], rel=2e-5), key
+
+
+def test_colour_batches_normalised_per_channel_in_a_graph_equal_the_eager_trainer():
+    """3-channel images with a mean and std per channel: the graph gathers [0, 1] pixels and
+    normalises them with device constants made before the capture, as data.normalize does."""
+    g = np.random.default_rng(2)
+    images, labels = g.integers(0, 256, (4, 3, 4, 4), dtype=np.uint8), g.integers(0, 3, 4)
+    norm = {"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+
+    def loader():
+        return data.DataLoader(images, labels, 2, seed=3, device="cuda", **norm)
+
+    eager = _trainer(_model(dropout=False, conv_bias=False, in_channels=3), cuda_graph=False)
+    eager.fit(loader(), epochs=1)
+    trainer, train = _trainer(_model(dropout=False, conv_bias=False, in_channels=3)), loader()
+    trainer.check_loader(train, "train")
+    runner = GraphTraining(trainer, train)
+    _fit(trainer, train, runner, 1)
+    runner.close()
+    assert runner.fallback is None
+    _assert_close(_state(trainer), _state(eager), rtol=2e-5, atol=1e-6)
 
 
 def test_a_run_resumed_after_epoch_1_ends_as_the_uninterrupted_one(runs):
