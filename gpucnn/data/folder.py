@@ -395,9 +395,11 @@ class ImageFolder:
             ~/.cache/gpucnn).
 
     Attributes:
-        classes, class_to_idx: the class names and their indices.
-        images: uint8 (N, C, S, S), memory-mapped; labels: int64 (N,); samples: (path,
-            label) pairs; split: "train", "val" or "test" per image (from the folders).
+        classes: the class names, in label order.
+        class_to_idx: {class name: label}.
+        labels: int64 (N,), one per usable image.
+        samples: (path, label) of each usable image, in the order of ``images``.
+        split: "train", "val" or "test" for each image (from the folders).
     """
 
     def __init__(
