@@ -2,8 +2,8 @@
 
 The archive is fetched through gpucnn.data.fetch (the same mirrors, GPUCNN_DATA_MIRROR, retries
 and download deadline as the IDX files) into a temporary file and verified before anything is
-extracted: its size, its published MD5 (c32a1d4ab5d03f1284b67883e8d87530) and, where the spec
-holds one, a SHA-256. Then every tar member is checked: a name inside the archive's folder
+extracted: its size, its published MD5 (c32a1d4ab5d03f1284b67883e8d87530) and its SHA-256
+(c4a38c50…a1dd). Then every tar member is checked: a name inside the archive's folder
 (``cifar-10-batches-bin/``; no absolute path, no ``..``), a regular file or a folder (no
 links, devices or FIFOs), and each member gpucnn reads present at its expected size (a batch:
 10,000 records of 1 label byte and 3,072 pixel bytes, the red plane, then green, then blue,
@@ -93,9 +93,9 @@ SPEC = ArchiveSpec(
     archive="cifar-10-binary.tar.gz",
     size=170_052_171,
     md5="c32a1d4ab5d03f1284b67883e8d87530",
-    # No SHA-256 of the official archive could be confirmed where gpucnn was written: the
-    # first download verified by the MD5 (and the member checks) records the one it measured.
-    sha256=None,
+    # the archive as served by cs.toronto.edu (170,052,171 bytes), the SHA-256 that other
+    # dataset loaders pin for it too (MLDatasets.jl, torchvision-rb); both digests are checked
+    sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
     folder="cifar-10-batches-bin",
     records=10_000,
     mirrors=("https://www.cs.toronto.edu/~kriz/",),

@@ -65,6 +65,7 @@ def spec_for(blob: bytes, **changes) -> cifar.ArchiveSpec:
         records=RECORDS,
         size=len(blob),
         md5=hashlib.md5(blob).hexdigest(),
+        sha256=hashlib.sha256(blob).hexdigest(),
         mirrors=("http://127.0.0.1:9/never/",),
         **changes,
     )
@@ -124,6 +125,7 @@ def escaping_member(tar):
     "make, why",
     [
         (lambda c: (archive(c), {"md5": "0" * 32}), "checksum mismatch: md5"),
+        (lambda c: (archive(c), {"sha256": "0" * 64}), "checksum mismatch: sha256"),
         (lambda c: (archive(c, escaping_member), {}), r"lies outside cifar-10-batches-bin/"),
         (lambda c: (archive(c, symlink_member), {}), r"'cifar-10-batches-bin/evil' is a link"),
         (
@@ -142,7 +144,7 @@ def escaping_member(tar):
             r"data_batch_3.bin holds 58,387 bytes, expected 61,460",
         ),  # fmt: skip
     ],
-    ids=["wrong-md5", "dot-dot-member", "link-member", "truncated-member"],
+    ids=["wrong-md5", "wrong-sha256", "dot-dot-member", "link-member", "truncated-member"],
 )
 def test_a_bad_archive_is_refused_with_nothing_left_behind(
     server, tmp_path, monkeypatch, make, why
