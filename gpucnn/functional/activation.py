@@ -2,36 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucnn.backend import backend_of
 from gpucnn.functional.checks import check_cache, check_float
 from gpucnn.grad_mode import kept
 
 
-def relu_forward(x: Any) -> tuple[Any, Any]:
-    """y = max(x, 0), a NaN kept visible. Shape: any -> same. The cache is y itself (y > 0
-    exactly where x > 0), so ReLU keeps no mask of its own."""
+class ReLUCache(NamedTuple):
+    """What relu_backward needs: the output (y > 0 exactly where x > 0), so ReLU keeps no
+    mask of its own."""
+
+    y: Any
+
+
+class TanhCache(NamedTuple):
+    """What tanh_backward needs: the output (tanh' = 1 - y^2)."""
+
+    y: Any
+
+
+def relu_forward(x: Any) -> tuple[Any, ReLUCache | None]:
+    """y = max(x, 0), a NaN kept visible. Shape: any -> same."""
     check_float("ReLU", x)
     y = backend_of(x).kernels.relu_fwd(x)
-    return y, kept(y)
+    return y, kept(ReLUCache(y))
 
 
-def relu_backward(dy: Any, y: Any) -> Any:
+def relu_backward(dy: Any, cache: ReLUCache) -> Any:
     """dx = dy where x > 0, else 0 (the subgradient at 0 is taken as 0, as PyTorch does)."""
-    return backend_of(dy).kernels.relu_bwd(dy, check_cache("ReLU", y))
+    return backend_of(dy).kernels.relu_bwd(dy, check_cache("ReLU", cache, ReLUCache).y)
 
 
-def tanh_forward(x: Any) -> tuple[Any, Any]:
-    """y = tanh(x). Shape: any -> same. The cache is y."""
+def tanh_forward(x: Any) -> tuple[Any, TanhCache | None]:
+    """y = tanh(x). Shape: any -> same."""
     check_float("Tanh", x)
     y = backend_of(x).xp.tanh(x)
-    return y, kept(y)
+    return y, kept(TanhCache(y))
 
 
-def tanh_backward(dy: Any, y: Any) -> Any:
+def tanh_backward(dy: Any, cache: TanhCache) -> Any:
     """dx = dy * (1 - y^2)."""
-    y = check_cache("Tanh", y)
+    y = check_cache("Tanh", cache, TanhCache).y
     return dy * (1 - y * y)
 
 

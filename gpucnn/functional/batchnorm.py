@@ -15,11 +15,21 @@ Backward (train), with M = N*H*W elements per channel:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucnn.backend import backend_of
 from gpucnn.functional.checks import check_cache, check_channels, check_float, check_rank
 from gpucnn.grad_mode import kept
+
+
+class BatchNormCache(NamedTuple):
+    """What batchnorm2d_backward needs."""
+
+    # the backend kernel's own record for its backward, read only by that backend's
+    # batchnorm2d_bwd (the CPU's: xhat, invstd, M; CUDA's: x, mean, invstd)
+    saved: tuple
+    gamma: Any  # (C,)
+    training: bool  # batch statistics (a gradient flows through them) or the running ones
 
 
 def batchnorm2d_forward(
@@ -31,7 +41,7 @@ def batchnorm2d_forward(
     training: bool,
     momentum: float = 0.1,
     eps: float = 1e-5,
-) -> tuple[Any, tuple]:
+) -> tuple[Any, BatchNormCache | None]:
     """Shape: (N, C, H, W) -> same. In training, updates the running statistics in place."""
     layer = "BatchNorm2d"
     check_rank(layer, x, 4, "(N, C, H, W)")
@@ -45,10 +55,10 @@ def batchnorm2d_forward(
     y, saved = backend_of(x).kernels.batchnorm2d_fwd(
         x, gamma, beta, running_mean, running_var, training, momentum, eps
     )
-    return y, kept((saved, gamma, training))
+    return y, kept(BatchNormCache(saved, gamma, training))
 
 
-def batchnorm2d_backward(dy: Any, cache: tuple) -> tuple[Any, Any, Any]:
+def batchnorm2d_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
     """Shape: dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    saved, gamma, training = check_cache("BatchNorm2d", cache)
-    return backend_of(dy).kernels.batchnorm2d_bwd(dy, saved, gamma, training)
+    c = check_cache("BatchNorm2d", cache, BatchNormCache)
+    return backend_of(dy).kernels.batchnorm2d_bwd(dy, c.saved, c.gamma, c.training)

@@ -14,13 +14,19 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def check_cache(layer: str, cache: Any) -> Any:
-    """The cache a forward pass returned, or a clear error where it kept none: no forward has
-    run, or it ran under gpucnn.no_grad()."""
+def check_cache(layer: str, cache: Any, *kinds: type) -> Any:
+    """The cache a forward pass returned, or a clear error where it kept none (no forward has
+    run, or it ran under gpucnn.no_grad()) or where it is not one of ``kinds`` (the cache
+    types of the op's forward: another op's cache handed to this backward)."""
     if cache is None:
         raise RuntimeError(
             f"{layer}.backward: no forward pass kept what backward needs; run forward first, "
             "and outside gpucnn.no_grad() (which keeps nothing, for inference)"
+        )
+    if kinds and not isinstance(cache, kinds):
+        raise TypeError(
+            f"{layer}.backward: expected the cache of {layer}'s forward "
+            f"({' or '.join(k.__name__ for k in kinds)}), got {type(cache).__name__}"
         )
     return cache
 

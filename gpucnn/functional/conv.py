@@ -35,7 +35,7 @@ each backend's measured settings, see gpucnn.backend.cpu and .cuda):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucnn.backend import backend_of
 from gpucnn.functional import winograd
@@ -48,6 +48,39 @@ from gpucnn.functional.checks import (
     window_out_size,
 )
 from gpucnn.grad_mode import is_grad_enabled, kept
+
+
+class Im2colCache(NamedTuple):
+    """What conv2d_backward needs after an im2col forward."""
+
+    cols: Any  # (C*k*k, N*OH*OW) im2col(x): dW = dY @ cols.T
+    x_shape: tuple  # (N, C, H, W), for col2im
+    w: Any  # (F, C, k, k): dx = col2im(Wm.T @ dY)
+    has_bias: bool
+    stride: int
+    pad: int
+
+    algorithm = "im2col"
+
+
+class DirectCache(NamedTuple):
+    """What conv2d_backward needs after a direct forward (no columns: x itself)."""
+
+    x: Any  # (N, C, H, W): dW and db by the direct loops over x and dY
+    w: Any  # (F, C, k, k)
+    has_bias: bool
+    stride: int
+    pad: int
+
+    algorithm = "direct"
+
+    @property
+    def x_shape(self) -> tuple:
+        return self.x.shape
+
+
+# a Winograd forward keeps functional.winograd's own cache (its ``algorithm`` is "winograd")
+ConvCache = Im2colCache | DirectCache | winograd.WinogradCache
 
 
 def resolve_padding(layer: str, padding: int | str, k: int, stride: int) -> int:
@@ -140,7 +173,7 @@ def conv2d_forward(
     stride: int = 1,
     padding: int | str = 0,
     algorithm: str = "auto",
-) -> tuple[Any, tuple]:
+) -> tuple[Any, ConvCache | None]:
     """Convolve ``x`` with ``w`` and add ``b``.
 
     Args:
@@ -153,8 +186,9 @@ def conv2d_forward(
             (3×3, stride 1); they compute the same y up to rounding.
 
     Returns:
-        (y, cache); y is (N, F, OH, OW), OH = floor((H - k + 2P) / S) + 1. cache[1] names
-        the algorithm that ran.
+        (y, cache); y is (N, F, OH, OW), OH = floor((H - k + 2P) / S) + 1. The cache's type
+        is the algorithm's (Im2colCache, DirectCache, winograd.WinogradCache) and its
+        ``algorithm`` names it; None under gpucnn.no_grad().
     """
     layer = "Conv2d"
     check_rank(layer, x, 4, "(N, C, H, W)")
@@ -169,10 +203,10 @@ def conv2d_forward(
     algo = conv_algorithm(be, c, k, stride, pad, algorithm)
     if algo == "direct":
         y = be.kernels.conv2d_direct_fwd(x, w, b, stride, pad)
-        return y, kept((x, algo, x.shape, w, b is not None, stride, pad))
+        return y, kept(DirectCache(x, w, b is not None, stride, pad))
     if algo == "winograd":
         y, wcache = winograd.forward(x, w, b, pad, winograd_tile(be) or 2)
-        return y, kept((wcache, algo, x.shape, w, b is not None, stride, pad))
+        return y, kept(wcache)
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
     yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
@@ -184,11 +218,11 @@ def conv2d_forward(
         be.xp.add(yt, b[None, :, None, None], out=y)
     else:
         y[...] = yt
-    return y, kept((cols, algo, x.shape, w, b is not None, stride, pad))
+    return y, kept(Im2colCache(cols, x.shape, w, b is not None, stride, pad))
 
 
 def conv2d_backward(
-    dy: Any, cache: tuple, need_dx: bool = True, need_params: bool = True
+    dy: Any, cache: ConvCache, need_dx: bool = True, need_params: bool = True
 ) -> tuple[Any, Any, Any]:
     """Gradients of a convolution. Shape: dy (N, F, OH, OW) -> dx, dw, db (input order).
 
@@ -196,24 +230,29 @@ def conv2d_backward(
     ``need_params=False`` skips dw and db (frozen filters); they are then None, as is db
     when the forward pass had no bias.
     """
-    saved, algo, x_shape, w, has_bias, stride, pad = check_cache("Conv2d", cache)
-    if algo == "winograd":  # saved: what functional.winograd.forward kept
-        return winograd.backward(dy, saved, need_dx, need_params)
-    direct = algo == "direct"
+    c = check_cache("Conv2d", cache, Im2colCache, DirectCache, winograd.WinogradCache)
+    if isinstance(c, winograd.WinogradCache):
+        return winograd.backward(dy, c, need_dx, need_params)
+    direct = isinstance(c, DirectCache)
     be = backend_of(dy)
-    f, _, k, _ = w.shape
+    f, _, k, _ = c.w.shape
     # (F, N*OH*OW), a copy: made only where a GEMM reads it
     dy2 = dy.transpose(1, 0, 2, 3).reshape(f, -1) if need_dx or not direct else None
     dw = db = None
     if need_params and direct:
-        dw, db = be.kernels.conv2d_direct_bwd(dy, saved, k, stride, pad)
-        db = db if has_bias else None
+        dw, db = be.kernels.conv2d_direct_bwd(dy, c.x, k, c.stride, c.pad)
+        db = db if c.has_bias else None
     elif need_params:
-        dw = be.kernels.matmul(dy2, saved.T).reshape(w.shape)
-        db = dy2.sum(axis=1) if has_bias else None
+        dw = be.kernels.matmul(dy2, c.cols.T).reshape(c.w.shape)
+        db = dy2.sum(axis=1) if c.has_bias else None
     dx = None
     if need_dx:
-        # (C*k*k, N*OH*OW), a temporary: col2im may reuse it
-        dcols = be.kernels.matmul(w.reshape(f, -1).T, dy2)
-        dx = be.kernels.col2im(dcols, x_shape, k, stride, pad, overwrite_cols=True)
+        dx = conv_input_grad(be, c.w, dy2, c.x_shape, c.stride, c.pad)
     return dx, dw, db
+
+
+def conv_input_grad(be: Any, w: Any, dy2: Any, x_shape: tuple, stride: int, pad: int) -> Any:
+    """dx = col2im(Wm.T @ dY2): dY2 (F, N*OH*OW) -> dx (N, C, H, W) (conv and fused conv)."""
+    f, _, k, _ = w.shape
+    dcols = be.kernels.matmul(w.reshape(f, -1).T, dy2)  # (C*k*k, N*OH*OW), a temporary
+    return be.kernels.col2im(dcols, x_shape, k, stride, pad, overwrite_cols=True)

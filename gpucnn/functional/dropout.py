@@ -6,7 +6,7 @@ Eval: y = x (the scaling at train time is what makes the identity correct here).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucnn.backend import backend_of
 from gpucnn.functional.checks import check_float
@@ -18,8 +18,19 @@ def check_p(p: float) -> float:
     return float(p)
 
 
-def dropout_forward(x: Any, p: float, training: bool, key: int, start: int = 0) -> tuple[Any, Any]:
-    """Shape: any -> same. The cache is (p, key, start) (None in eval mode or when p = 0).
+class DropoutCache(NamedTuple):
+    """The mask of a forward pass, as what draws it (backward draws it again)."""
+
+    p: float
+    key: int
+    start: int
+
+
+def dropout_forward(
+    x: Any, p: float, training: bool, key: int, start: int = 0
+) -> tuple[Any, DropoutCache | None]:
+    """Shape: any -> same. The cache is a DropoutCache, or None where no mask was applied
+    (eval mode or p = 0: backward is then the identity).
 
     Args:
         x: input.
@@ -34,12 +45,11 @@ def dropout_forward(x: Any, p: float, training: bool, key: int, start: int = 0) 
     p = check_p(p)
     if not training or p == 0.0:
         return x, None
-    return backend_of(x).kernels.dropout_fwd(x, p, key, start), (p, key, start)
+    return backend_of(x).kernels.dropout_fwd(x, p, key, start), DropoutCache(p, key, start)
 
 
-def dropout_backward(dy: Any, cache: Any) -> Any:
+def dropout_backward(dy: Any, cache: DropoutCache | None) -> Any:
     """dx = dy * m / (1 - p) with the forward pass's mask m; identity when there was none."""
     if cache is None:
         return dy
-    p, key, start = cache
-    return backend_of(dy).kernels.dropout_bwd(dy, p, key, start)
+    return backend_of(dy).kernels.dropout_bwd(dy, cache.p, cache.key, cache.start)

@@ -32,7 +32,7 @@ GEMM: functional/winograd.py with ``pool=True``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucnn.backend import backend_of
 from gpucnn.functional import winograd
@@ -44,8 +44,30 @@ from gpucnn.functional.checks import (
     check_rank,
     window_out_size,
 )
-from gpucnn.functional.conv import conv_algorithm, resolve_padding, winograd_tile
+from gpucnn.functional.conv import (
+    Im2colCache,
+    conv_algorithm,
+    conv_input_grad,
+    resolve_padding,
+    winograd_tile,
+)
 from gpucnn.grad_mode import is_grad_enabled, kept
+
+
+class ConvReluPoolCache(NamedTuple):
+    """What conv2d_relu_maxpool_backward needs after an im2col forward: the convolution's
+    cache and the epilogue's output and argmax."""
+
+    conv: Im2colCache
+    out_hw: tuple  # (OH, OW): the convolution's output size, before the pool
+    arg: Any  # (N, F, PH, PW): the position of each 2×2 window's maximum
+    y: Any  # (N, F, PH, PW): the output; its zeros are ReLU's mask
+
+    algorithm = "im2col"
+
+
+# a Winograd forward keeps functional.winograd's pooled cache
+FusedCache = ConvReluPoolCache | winograd.WinogradReluPoolCache
 
 
 def conv2d_relu_maxpool_forward(
@@ -55,7 +77,7 @@ def conv2d_relu_maxpool_forward(
     stride: int = 1,
     padding: int | str = 0,
     algorithm: str = "auto",
-) -> tuple[Any, tuple]:
+) -> tuple[Any, FusedCache | None]:
     """relu(maxpool2x2(conv2d(x, w, b))) in one GEMM and one pass over its output.
 
     Args:
@@ -87,36 +109,33 @@ def conv2d_relu_maxpool_forward(
         raise ValueError("conv2d_relu_maxpool: a direct convolution is not fused")
     if algo == "winograd":  # every tile size here is even: a tile holds whole windows
         y, wcache = winograd.forward(x, w, b, pad, winograd_tile(be) or 2, pool=True)
-        return y, kept(("winograd", wcache))
+        return y, kept(wcache)
 
     cols = be.kernels.im2col(x, k, stride, pad)  # (C*k*k, N*OH*OW)
     yt = be.kernels.matmul(w.reshape(f, -1), cols)  # (F, N*OH*OW)
     if not is_grad_enabled():
         cols = None  # nothing will read the columns again: free them now
     y, arg = be.kernels.conv_relu_pool2x2_fwd(yt.reshape(f, n, oh, ow), b)  # (N, F, PH, PW)
-    return y, kept(("im2col", (cols, x.shape, w, b is not None, stride, pad, (oh, ow), arg, y)))
+    conv = Im2colCache(cols, x.shape, w, b is not None, stride, pad)
+    return y, kept(ConvReluPoolCache(conv, (oh, ow), arg, y))
 
 
 def conv2d_relu_maxpool_backward(
-    dy: Any, cache: tuple, need_dx: bool = True, need_params: bool = True
+    dy: Any, cache: FusedCache, need_dx: bool = True, need_params: bool = True
 ) -> tuple[Any, Any, Any]:
     """Gradients of the fused op. Shape: dy (N, F, PH, PW) -> dx, dw, db (input order).
 
     ``need_dx=False`` skips the dx GEMM and col2im (dx is then None); ``need_params=False``
     skips dw and db (then None, as db is when the forward pass had no bias).
     """
-    algo, saved = check_cache("Conv2d", cache)
-    if algo == "winograd":
-        return winograd.backward(dy, saved, need_dx, need_params)
-    cols, x_shape, w, has_bias, stride, pad, out_hw, arg, y = saved
+    cache = check_cache("Conv2d", cache, ConvReluPoolCache, winograd.WinogradReluPoolCache)
+    if isinstance(cache, winograd.WinogradReluPoolCache):
+        return winograd.backward(dy, cache, need_dx, need_params)
+    c = cache.conv
     be = backend_of(dy)
-    f, _, k, _ = w.shape
-    dy2, db = be.kernels.conv_relu_pool2x2_bwd(dy, arg, y, out_hw)  # (F, N*OH*OW), (F,)
-    dw = be.kernels.matmul(dy2, cols.T).reshape(w.shape) if need_params else None
-    db = db if has_bias and need_params else None
-    dx = None
-    if need_dx:
-        # (C*k*k, N*OH*OW), a temporary: col2im may reuse it
-        dcols = be.kernels.matmul(w.reshape(f, -1).T, dy2)
-        dx = be.kernels.col2im(dcols, x_shape, k, stride, pad, overwrite_cols=True)
+    # (F, N*OH*OW), (F,)
+    dy2, db = be.kernels.conv_relu_pool2x2_bwd(dy, cache.arg, cache.y, cache.out_hw)
+    dw = be.kernels.matmul(dy2, c.cols.T).reshape(c.w.shape) if need_params else None
+    db = db if c.has_bias and need_params else None
+    dx = conv_input_grad(be, c.w, dy2, c.x_shape, c.stride, c.pad) if need_dx else None
     return dx, dw, db

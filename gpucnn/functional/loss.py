@@ -7,7 +7,7 @@ dloss/dz_n = (softmax(z_n) - onehot(y_n)) / N
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,7 +38,13 @@ def check_labels(layer: str, labels: Any, n: int, num_classes: int) -> None:
         )
 
 
-def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple]:
+class CrossEntropyCache(NamedTuple):
+    """What cross_entropy_backward needs: the gradient, made with the loss."""
+
+    dlogits: Any  # (N, K) = (softmax - onehot) / N
+
+
+def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, CrossEntropyCache | None]:
     """Mean softmax cross-entropy. Shape: logits (N, K), labels (N,) -> 0-d array.
 
     One fused kernel computes the loss and its gradient together; the gradient is the cache.
@@ -51,12 +57,12 @@ def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple]:
     if n == 0:
         raise ValueError(f"{layer}: empty batch (logits shape {tuple(logits.shape)})")
     loss, grad = backend_of(logits).kernels.softmax_xent_fwd(logits, labels)
-    return loss, kept((grad,))
+    return loss, kept(CrossEntropyCache(grad))
 
 
-def cross_entropy_backward(cache: tuple, dloss: Any = 1.0) -> Any:
+def cross_entropy_backward(cache: CrossEntropyCache, dloss: Any = 1.0) -> Any:
     """Shape: -> dlogits (N, K) = (softmax - onehot) * dloss / N."""
-    (grad,) = check_cache("CrossEntropyLoss", cache)
+    grad = check_cache("CrossEntropyLoss", cache, CrossEntropyCache).dlogits
     if isinstance(dloss, (int, float)) and dloss == 1.0:
         return grad
     return grad * grad.dtype.type(dloss)

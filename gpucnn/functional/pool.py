@@ -11,7 +11,7 @@ Global pooling reduces each channel's whole H×W plane to one number: (N, C, H, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpucnn.backend import backend_of
 from gpucnn.functional.checks import (
@@ -22,6 +22,38 @@ from gpucnn.functional.checks import (
     window_out_size,
 )
 from gpucnn.grad_mode import kept
+
+
+class MaxPoolCache(NamedTuple):
+    """What maxpool2d_backward needs."""
+
+    arg: Any  # (N, C, OH, OW): where in its window each maximum was
+    x_shape: tuple
+    kernel_size: int
+    stride: int
+    padding: int
+
+
+class AvgPoolCache(NamedTuple):
+    """What avgpool2d_backward needs (no array: dy is spread evenly)."""
+
+    x_shape: tuple
+    kernel_size: int
+    stride: int
+    padding: int
+
+
+class GlobalAvgPoolCache(NamedTuple):
+    """What global_avgpool2d_backward needs."""
+
+    x_shape: tuple
+
+
+class GlobalMaxPoolCache(NamedTuple):
+    """What global_maxpool2d_backward needs."""
+
+    arg: Any  # (N, C): where in its plane each maximum was
+    x_shape: tuple
 
 
 def _check_window(layer: str, x: Any, k: int, stride: int | None, pad: int) -> tuple[int, int]:
@@ -37,56 +69,58 @@ def _check_window(layer: str, x: Any, k: int, stride: int | None, pad: int) -> t
 
 def maxpool2d_forward(
     x: Any, kernel_size: int, stride: int | None = None, padding: int = 0
-) -> tuple[Any, tuple]:
+) -> tuple[Any, MaxPoolCache | None]:
     """Shape: (N, C, H, W) -> (N, C, OH, OW). Padding never wins the max."""
     k, s = _check_window("MaxPool2d", x, kernel_size, stride, padding)
     y, arg = backend_of(x).kernels.maxpool2d_fwd(x, k, s, padding)
-    return y, kept((arg, x.shape, k, s, padding))
+    return y, kept(MaxPoolCache(arg, x.shape, k, s, padding))
 
 
-def maxpool2d_backward(dy: Any, cache: tuple) -> Any:
+def maxpool2d_backward(dy: Any, cache: MaxPoolCache) -> Any:
     """Shape: (N, C, OH, OW) -> (N, C, H, W)."""
-    arg, x_shape, k, s, p = check_cache("MaxPool2d", cache)
-    return backend_of(dy).kernels.maxpool2d_bwd(dy, arg, x_shape, k, s, p)
+    c = check_cache("MaxPool2d", cache, MaxPoolCache)
+    return backend_of(dy).kernels.maxpool2d_bwd(
+        dy, c.arg, c.x_shape, c.kernel_size, c.stride, c.padding
+    )
 
 
 def avgpool2d_forward(
     x: Any, kernel_size: int, stride: int | None = None, padding: int = 0
-) -> tuple[Any, tuple]:
+) -> tuple[Any, AvgPoolCache | None]:
     """Shape: (N, C, H, W) -> (N, C, OH, OW). Padded zeros count in the mean (as PyTorch)."""
     k, s = _check_window("AvgPool2d", x, kernel_size, stride, padding)
     y = backend_of(x).kernels.avgpool2d_fwd(x, k, s, padding)
-    return y, kept((x.shape, k, s, padding))
+    return y, kept(AvgPoolCache(x.shape, k, s, padding))
 
 
-def avgpool2d_backward(dy: Any, cache: tuple) -> Any:
+def avgpool2d_backward(dy: Any, cache: AvgPoolCache) -> Any:
     """Shape: (N, C, OH, OW) -> (N, C, H, W)."""
-    x_shape, k, s, p = check_cache("AvgPool2d", cache)
-    return backend_of(dy).kernels.avgpool2d_bwd(dy, x_shape, k, s, p)
+    c = check_cache("AvgPool2d", cache, AvgPoolCache)
+    return backend_of(dy).kernels.avgpool2d_bwd(dy, c.x_shape, c.kernel_size, c.stride, c.padding)
 
 
-def global_avgpool2d_forward(x: Any) -> tuple[Any, tuple]:
+def global_avgpool2d_forward(x: Any) -> tuple[Any, GlobalAvgPoolCache | None]:
     """y[n, c] = mean over h, w of x[n, c, h, w]. Shape: (N, C, H, W) -> (N, C)."""
     check_rank("GlobalAvgPool2d", x, 4, "(N, C, H, W)")
     check_float("GlobalAvgPool2d", x)
-    return backend_of(x).kernels.global_avgpool2d_fwd(x), kept(x.shape)
+    return backend_of(x).kernels.global_avgpool2d_fwd(x), kept(GlobalAvgPoolCache(x.shape))
 
 
-def global_avgpool2d_backward(dy: Any, x_shape: tuple) -> Any:
+def global_avgpool2d_backward(dy: Any, cache: GlobalAvgPoolCache) -> Any:
     """Shape: (N, C) -> (N, C, H, W); every position receives dy / (H*W)."""
-    x_shape = check_cache("GlobalAvgPool2d", x_shape)
-    return backend_of(dy).kernels.global_avgpool2d_bwd(dy, x_shape)
+    c = check_cache("GlobalAvgPool2d", cache, GlobalAvgPoolCache)
+    return backend_of(dy).kernels.global_avgpool2d_bwd(dy, c.x_shape)
 
 
-def global_maxpool2d_forward(x: Any) -> tuple[Any, tuple]:
+def global_maxpool2d_forward(x: Any) -> tuple[Any, GlobalMaxPoolCache | None]:
     """y[n, c] = max over h, w of x[n, c, h, w]. Shape: (N, C, H, W) -> (N, C)."""
     check_rank("GlobalMaxPool2d", x, 4, "(N, C, H, W)")
     check_float("GlobalMaxPool2d", x)
     y, arg = backend_of(x).kernels.global_maxpool2d_fwd(x)
-    return y, kept((arg, x.shape))
+    return y, kept(GlobalMaxPoolCache(arg, x.shape))
 
 
-def global_maxpool2d_backward(dy: Any, cache: tuple) -> Any:
+def global_maxpool2d_backward(dy: Any, cache: GlobalMaxPoolCache) -> Any:
     """Shape: (N, C) -> (N, C, H, W); the gradient goes to each plane's maximum."""
-    arg, x_shape = check_cache("GlobalMaxPool2d", cache)
-    return backend_of(dy).kernels.global_maxpool2d_bwd(dy, arg, x_shape)
+    c = check_cache("GlobalMaxPool2d", cache, GlobalMaxPoolCache)
+    return backend_of(dy).kernels.global_maxpool2d_bwd(dy, c.arg, c.x_shape)

@@ -40,13 +40,38 @@ Which layers take this path, and which m, is each backend's measured setting (th
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from gpucnn.backend import backend_of
 from gpucnn.backend.winograd import matrices
 from gpucnn.grad_mode import is_grad_enabled
+
+
+class WinogradCache(NamedTuple):
+    """What :func:`backward` needs after a forward without the pool."""
+
+    v: Any  # (alpha², T, C) input tiles Bᵀ d B (None under no_grad: freed after the GEMMs)
+    u: Any  # (alpha², C, F) filter transforms G w Gᵀ (likewise)
+    x_shape: tuple  # (N, C, H, W)
+    out_shape: tuple  # (N, F, OH, OW): the convolution's output, before any pool
+    has_bias: bool
+    pad: int
+    m: int  # the output tile: F(m×m, 3×3)
+
+    algorithm = "winograd"
+
+
+class WinogradReluPoolCache(NamedTuple):
+    """What :func:`backward` needs after a forward with ``pool``: the convolution's cache and
+    the pooled epilogue's output and argmax."""
+
+    conv: WinogradCache
+    arg: Any  # (N, F, PH, PW): the position of each 2×2 window's maximum
+    y: Any  # (N, F, PH, PW): relu(maxpool2x2(conv)); its zeros are ReLU's mask
+
+    algorithm = "winograd"
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,7 +110,9 @@ def filter_grad(du: Any, m: int, w_shape: tuple) -> Any:
     return xp.ascontiguousarray(d, dtype=du.dtype)
 
 
-def forward(x: Any, w: Any, b: Any, pad: int, m: int, pool: bool = False) -> tuple[Any, tuple]:
+def forward(
+    x: Any, w: Any, b: Any, pad: int, m: int, pool: bool = False
+) -> tuple[Any, WinogradCache | WinogradReluPoolCache]:
     """y = conv2d(x, w, b) (3×3, stride 1, padding ``pad``) by F(m×m, 3×3); with ``pool``,
     relu(maxpool2x2(y)) and its argmax instead.
 
@@ -102,31 +129,35 @@ def forward(x: Any, w: Any, b: Any, pad: int, m: int, pool: bool = False) -> tup
     mt = be.kernels.matmul(v, u)  # (alpha², T, F): the alpha² GEMMs
     if not is_grad_enabled():
         v = u = None  # nothing will read the tiles again: free them now
+    cache = WinogradCache(v, u, x.shape, out_shape, b is not None, pad, m)
     if pool:
         y, arg = be.kernels.winograd_relu_pool2x2_fwd(mt, b, out_shape, m)
-        return y, (v, u, x.shape, out_shape, b is not None, pad, m, arg, y)
-    y = be.kernels.winograd_output_tf(mt, b, out_shape, m)
-    return y, (v, u, x.shape, out_shape, b is not None, pad, m, None, None)
+        return y, WinogradReluPoolCache(cache, arg, y)
+    return be.kernels.winograd_output_tf(mt, b, out_shape, m), cache
 
 
 def backward(
-    dy: Any, cache: tuple, need_dx: bool = True, need_params: bool = True
+    dy: Any,
+    cache: WinogradCache | WinogradReluPoolCache,
+    need_dx: bool = True,
+    need_params: bool = True,
 ) -> tuple[Any, Any, Any]:
     """Gradients of ``forward``: dy (its output's shape) -> dx, dw, db (input order; None
     where not needed, as conv2d_backward)."""
-    v, u, x_shape, out_shape, has_bias, pad, m, arg, y = cache
     be = backend_of(dy)
-    if arg is None:
-        dm, db = be.kernels.winograd_grad_tf(dy, m)  # (alpha², T, F)
+    if isinstance(cache, WinogradReluPoolCache):
+        c = cache.conv
+        dm, db = be.kernels.winograd_relu_pool2x2_bwd(dy, cache.arg, cache.y, c.out_shape[2:], c.m)
     else:
-        dm, db = be.kernels.winograd_relu_pool2x2_bwd(dy, arg, y, out_shape[2:], m)
+        c = cache
+        dm, db = be.kernels.winograd_grad_tf(dy, c.m)  # (alpha², T, F)
     dw = None
     if need_params:
-        du = be.kernels.matmul(v.transpose(0, 2, 1), dm)  # (alpha², C, F)
-        dw = filter_grad(du, m, (out_shape[1], x_shape[1]))
-    db = db if has_bias and need_params else None
+        du = be.kernels.matmul(c.v.transpose(0, 2, 1), dm)  # (alpha², C, F)
+        dw = filter_grad(du, c.m, (c.out_shape[1], c.x_shape[1]))
+    db = db if c.has_bias and need_params else None
     dx = None
     if need_dx:
-        dv = be.kernels.matmul(dm, u.transpose(0, 2, 1))  # (alpha², T, C)
-        dx = be.kernels.winograd_input_grad(dv, x_shape, m, pad)
+        dv = be.kernels.matmul(dm, c.u.transpose(0, 2, 1))  # (alpha², T, C)
+        dx = be.kernels.winograd_input_grad(dv, c.x_shape, c.m, c.pad)
     return dx, dw, db

@@ -58,7 +58,7 @@ def test_float32_agrees_with_the_im2col_path(case):
     x, w, b = _data(case, np.float32)
     stride, pad = case[6], case[7]
     y_ref, cache = F.conv2d_forward(x, w, b, stride, pad)  # DIRECT_CONV_MAX_TAPS = 0 here
-    assert cache[1] == "im2col"
+    assert cache.algorithm == "im2col"
     y = cpu.conv2d_direct_fwd(x, w, b, stride, pad)
     assert y.dtype == np.float32 and y.flags.c_contiguous
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
@@ -83,7 +83,7 @@ def test_functional_path_goes_direct_and_matches_naive(direct, case):
     x, w, b = _data(case, np.float64)
     stride, pad = case[6], case[7]
     y, cache = F.conv2d_forward(x, w, b, stride, pad)
-    assert cache[1] == "direct" and cache[0] is x  # x kept, no columns
+    assert cache.algorithm == "direct" and cache.x is x  # x kept, no columns
     dy = np.random.default_rng(1).standard_normal(y.shape)
     dx, dw, db = F.conv2d_backward(dy, cache)
     for got, want in zip((y, dx, dw, db), (conv2d_naive(x, w, b, stride, pad),
@@ -104,7 +104,7 @@ def test_gradcheck_through_conv2d(direct, case):
     layer.bias.data[...] = np.random.default_rng(3).standard_normal(f)
     x = np.random.default_rng(4).standard_normal((n, c, h, w))
     gradcheck_module(layer, x)
-    assert layer._cache[1] == "direct"
+    assert layer._cache.algorithm == "direct"
 
 
 def test_only_layers_within_the_taps_go_direct(monkeypatch):
@@ -114,7 +114,7 @@ def test_only_layers_within_the_taps_go_direct(monkeypatch):
     assert F.goes_direct(be, 1, 3) and not F.goes_direct(be, 2, 3) and F.goes_direct(be, 4, 1)
     x = np.zeros((1, 2, 5, 5), np.float32)
     _, cache = F.conv2d_forward(x, np.zeros((3, 2, 3, 3), np.float32), None, 1, 1)
-    assert cache[1] == "im2col"  # 18 taps
+    assert cache.algorithm == "im2col"  # 18 taps
 
 
 def test_a_direct_conv_is_not_fused_and_trains_as_the_fused_model(monkeypatch):

@@ -73,7 +73,7 @@ def test_forward_and_gradients_match_the_naive_loops(case, m, monkeypatch):
     x, wt, b = _data(n, c, f, h, w)
     monkeypatch.setattr(cpu, "WINOGRAD_TILE", m)
     y, cache = F.conv2d_forward(x, wt, b, 1, pad, algorithm="winograd")
-    assert cache[1] == "winograd"
+    assert cache.algorithm == "winograd"
     np.testing.assert_allclose(y, conv2d_naive(x, wt, b, 1, pad), rtol=1e-10, atol=1e-10)
     dy = np.random.default_rng(1).standard_normal(y.shape)
     got = F.conv2d_backward(dy, cache)
@@ -106,9 +106,9 @@ def test_the_fused_relu_pool_step_matches_the_im2col_one(m, h, w, pad, monkeypat
     monkeypatch.setattr(cpu, "WINOGRAD_TILE", m)
     y, cw = F.conv2d_relu_maxpool_forward(x, wt, b, 1, pad, algorithm="winograd")
     y_ref, ci = F.conv2d_relu_maxpool_forward(x, wt, b, 1, pad, algorithm="im2col")
-    assert cw[0] == "winograd" and ci[0] == "im2col"
+    assert cw.algorithm == "winograd" and ci.algorithm == "im2col"
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(cw[1][7], ci[1][7])  # the argmax
+    np.testing.assert_array_equal(cw.arg, ci.arg)  # the argmax
     dy = np.random.default_rng(4).standard_normal(y.shape)
     got = F.conv2d_relu_maxpool_backward(dy, cw)
     for g_got, g_want in zip(got, F.conv2d_relu_maxpool_backward(dy, ci), strict=True):

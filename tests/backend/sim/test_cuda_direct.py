@@ -93,7 +93,7 @@ def test_functional_path_goes_direct_on_the_device(monkeypatch):
     monkeypatch.setattr(gpu, "DIRECT_CONV_MAX_TAPS", 9)
     put = lambda a: to_device(a, "cuda")  # noqa: E731
     y, cache = F.conv2d_forward(put(x), put(w), put(b), 1, 1)
-    assert cache[1] == "direct" and is_device_array(y)
+    assert cache.algorithm == "direct" and is_device_array(y)
     np.testing.assert_allclose(to_host(y), y_ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(F.conv2d_backward(put(dy), cache), grads_ref, strict=True):
         np.testing.assert_allclose(to_host(got), want, rtol=1e-4, atol=1e-4)

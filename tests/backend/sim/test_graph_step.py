@@ -486,7 +486,7 @@ def test_augmented_graph_epochs_with_a_direct_first_conv_equal_the_uncaptured_st
         _fit(trainer, loader, runner, 2)
         runner.close()
         assert runner.fallback is None
-        assert trainer.model[0]._cache[1] == "direct"  # the first conv went direct
+        assert trainer.model[0]._cache.algorithm == "direct"  # the first conv went direct
         results[capture] = _state(trainer)
     _assert_close(results[True], results[False])
 
