@@ -17,7 +17,7 @@ class CrossEntropyLoss:
     """
 
     def __init__(self) -> None:
-        self._cache: tuple | None = None
+        self._cache: Any = None  # functional.loss.CrossEntropyCache of the last forward
 
     def __call__(self, logits: Any, labels: Any) -> Any:
         return self.forward(logits, labels)

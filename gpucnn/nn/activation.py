@@ -17,11 +17,11 @@ class ReLU(Module):
     commutes_with_max_pool = True
 
     def forward(self, x: Any) -> Any:
-        y, self._mask = F.relu_forward(x)
+        y, self._cache = F.relu_forward(x)
         return y
 
     def backward(self, dy: Any) -> Any:
-        return F.relu_backward(dy, self._mask)
+        return F.relu_backward(dy, self.kept())
 
     def flops(self, in_shape: Shape) -> int:
         return math.prod(in_shape)
@@ -31,11 +31,11 @@ class Tanh(Module):
     """y = tanh(x) (LeNet-5's squashing nonlinearity). Shape: any -> same."""
 
     def forward(self, x: Any) -> Any:
-        y, self._y = F.tanh_forward(x)
+        y, self._cache = F.tanh_forward(x)
         return y
 
     def backward(self, dy: Any) -> Any:
-        return F.tanh_backward(dy, self._y)
+        return F.tanh_backward(dy, self.kept())
 
     def flops(self, in_shape: Shape) -> int:
         return math.prod(in_shape)
@@ -68,11 +68,11 @@ class Dropout(Module):
 
     def forward(self, x: Any) -> Any:
         key, start = self.mask_key(x) if self.training and self.p > 0 else (0, 0)
-        y, self._mask = F.dropout_forward(x, self.p, self.training, key, start)
+        y, self._cache = F.dropout_forward(x, self.p, self.training, key, start)
         return y
 
     def backward(self, dy: Any) -> Any:
-        return F.dropout_backward(dy, self._mask)
+        return F.dropout_backward(dy, self._cache)  # None: no mask was applied, the identity
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -55,7 +55,7 @@ class BatchNorm2d(Module):
         return y
 
     def backward(self, dy: Any) -> Any:
-        dx, dgamma, dbeta = F.batchnorm2d_backward(dy, self._cache)
+        dx, dgamma, dbeta = F.batchnorm2d_backward(dy, self.kept())
         self.weight.accumulate(dgamma)
         self.bias.accumulate(dbeta)
         return dx

@@ -59,14 +59,10 @@ class Conv2d(Module):
         self.bias = init.new_param((out_channels,)) if bias else None
         self.algorithm = algorithm
         self.runs()  # an unknown algorithm, or winograd for another shape, fails here
-        self.input_grad = True
-        self._cache: tuple | None = None
 
     def forward(self, x: Any) -> Any:
-        b = self.bias.data if self.bias is not None else None
-        y, self._cache = F.conv2d_forward(
-            x, self.weight.data, b, self.stride, self.pad, self.algorithm
-        )
+        w, b = self.weight_and_bias()
+        y, self._cache = F.conv2d_forward(x, w, b, self.stride, self.pad, self.algorithm)
         return y
 
     def runs(self) -> str:
@@ -77,21 +73,7 @@ class Conv2d(Module):
         return F.conv_algorithm(be, self.in_channels, k, self.stride, self.pad, self.algorithm)
 
     def backward(self, dy: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError(
-                "Conv2d.backward called before forward (or after one under "
-                "gpucnn.no_grad(), which keeps nothing for a backward)"
-            )
-        need_params = self.weight.requires_grad or (
-            self.bias is not None and self.bias.requires_grad
-        )
-        dx, dw, db = F.conv2d_backward(
-            dy, self._cache, need_dx=self.input_grad, need_params=need_params
-        )
-        self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx
+        return self.backward_weight_bias(F.conv2d_backward, dy, self.kept())
 
     def output_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 3 or in_shape[0] != self.in_channels:

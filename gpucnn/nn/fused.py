@@ -35,34 +35,18 @@ class ConvReLUPool(Module):
     def __init__(self, conv: Conv2d, pool: MaxPool2d, relu: ReLU) -> None:
         super().__init__()
         self.conv, self.pool, self.relu = conv, pool, relu
-        self._cache: tuple | None = None
 
     def forward(self, x: Any) -> Any:
         conv = self.conv
-        b = conv.bias.data if conv.bias is not None else None
+        w, b = conv.weight_and_bias()
         y, self._cache = F.conv2d_relu_maxpool_forward(
-            x, conv.weight.data, b, conv.stride, conv.pad, conv.algorithm
+            x, w, b, conv.stride, conv.pad, conv.algorithm
         )
-        conv._cache = None  # its own backward would find nothing of this pass: make it say so
+        conv.forget()  # its own backward would find nothing of this pass: make it say so
         return y
 
     def backward(self, dy: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError(
-                "ConvReLUPool.backward called before forward (or after one under "
-                "gpucnn.no_grad(), which keeps nothing for a backward)"
-            )
-        conv = self.conv
-        need_params = conv.weight.requires_grad or (
-            conv.bias is not None and conv.bias.requires_grad
-        )
-        dx, dw, db = F.conv2d_relu_maxpool_backward(
-            dy, self._cache, need_dx=conv.input_grad, need_params=need_params
-        )
-        conv.weight.accumulate(dw)
-        if conv.bias is not None:
-            conv.bias.accumulate(db)
-        return dx
+        return self.conv.backward_weight_bias(F.conv2d_relu_maxpool_backward, dy, self.kept())
 
     def output_shape(self, in_shape: Shape) -> Shape:
         return self.relu.output_shape(self.pool.output_shape(self.conv.output_shape(in_shape)))

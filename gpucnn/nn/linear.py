@@ -35,30 +35,13 @@ class Linear(Module):
         self.out_features = check_positive("Linear", "out_features", out_features)
         self.weight = init.xavier_uniform_(init.new_param((out_features, in_features)), rng)
         self.bias = init.new_param((out_features,)) if bias else None
-        self.input_grad = True
-        self._cache: tuple | None = None
 
     def forward(self, x: Any) -> Any:
-        b = self.bias.data if self.bias is not None else None
-        y, self._cache = F.linear_forward(x, self.weight.data, b)
+        y, self._cache = F.linear_forward(x, *self.weight_and_bias())
         return y
 
     def backward(self, dy: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError(
-                "Linear.backward called before forward (or after one under "
-                "gpucnn.no_grad(), which keeps nothing for a backward)"
-            )
-        need_params = self.weight.requires_grad or (
-            self.bias is not None and self.bias.requires_grad
-        )
-        dx, dw, db = F.linear_backward(
-            dy, self._cache, need_dx=self.input_grad, need_params=need_params
-        )
-        self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx
+        return self.backward_weight_bias(F.linear_backward, dy, self.kept())
 
     def output_shape(self, in_shape: Shape) -> Shape:
         if tuple(in_shape) != (self.in_features,):

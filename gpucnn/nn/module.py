@@ -7,7 +7,7 @@ what its forward pass needs for the backward pass. The math itself lives in gpuc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -62,9 +62,20 @@ class Module:
     Subclasses implement ``forward(x)`` (which stores what backward needs) and
     ``backward(dy)`` (which accumulates parameter gradients and returns dx), and
     ``output_shape(in_shape)`` for per-sample shapes used by ``summary``.
+
+    A layer keeps the cache its functional op's forward returns in ``self._cache`` and reads
+    it back with :meth:`kept`; a layer with a ``weight`` and an optional ``bias`` (Conv2d,
+    Linear) runs its backward with :meth:`backward_weight_bias`.
+
+    Attributes:
+        input_grad: whether backward computes dx (read by :meth:`backward_weight_bias`). A
+            network's first layer sets it False: nothing needs the gradient of the images,
+            so its backward skips that work and returns None.
     """
 
     training: bool
+    input_grad = True
+    _cache: Any = None  # what the last forward pass kept for backward (None: nothing)
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
@@ -102,6 +113,41 @@ class Module:
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
+
+    def kept(self) -> Any:
+        """The cache the last forward pass kept for backward, or a RuntimeError that says why
+        there is none: no forward yet, or one under gpucnn.no_grad()."""
+        if self._cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward (or after one under "
+                "gpucnn.no_grad(), which keeps nothing for a backward)"
+            )
+        return self._cache
+
+    def forget(self) -> None:
+        """Drop what the last forward pass kept: a step that ran this layer's math in its
+        place (a fused step) calls it, so that this layer's own backward says it has
+        nothing rather than use an older forward's cache."""
+        self._cache = None
+
+    def weight_and_bias(self) -> tuple[Any, Any]:
+        """The arrays of a layer's ``weight`` and optional ``bias`` (None where it has
+        none), as its functional op takes them."""
+        bias = getattr(self, "bias", None)
+        return self.weight.data, None if bias is None else bias.data
+
+    def backward_weight_bias(self, op_backward: Callable[..., tuple], dy: Any, cache: Any) -> Any:
+        """The backward pass of a layer with a ``weight`` and an optional ``bias``:
+        ``op_backward(dy, cache, need_dx, need_params) -> (dx, dweight, dbias)``, skipping dx
+        where ``input_grad`` is False and the parameters' gradients where both are frozen;
+        dweight and dbias are accumulated into the Parameters. Returns dx (or None)."""
+        bias = getattr(self, "bias", None)
+        need_params = self.weight.requires_grad or (bias is not None and bias.requires_grad)
+        dx, dw, db = op_backward(dy, cache, need_dx=self.input_grad, need_params=need_params)
+        self.weight.accumulate(dw)
+        if bias is not None:
+            bias.accumulate(db)
+        return dx
 
     # -- structure ------------------------------------------------------------------------
     def children(self) -> Iterator[Module]:

@@ -56,7 +56,7 @@ class MaxPool2d(_Pool2d):
         return y
 
     def backward(self, dy: Any) -> Any:
-        return F.maxpool2d_backward(dy, self._cache)
+        return F.maxpool2d_backward(dy, self.kept())
 
 
 class AvgPool2d(_Pool2d):
@@ -72,7 +72,7 @@ class AvgPool2d(_Pool2d):
         return y
 
     def backward(self, dy: Any) -> Any:
-        return F.avgpool2d_backward(dy, self._cache)
+        return F.avgpool2d_backward(dy, self.kept())
 
 
 class GlobalAvgPool2d(Module):
@@ -83,7 +83,7 @@ class GlobalAvgPool2d(Module):
         return y
 
     def backward(self, dy: Any) -> Any:
-        return F.global_avgpool2d_backward(dy, self._cache)
+        return F.global_avgpool2d_backward(dy, self.kept())
 
     def output_shape(self, in_shape: Shape) -> Shape:
         return (in_shape[0],)
@@ -100,7 +100,7 @@ class GlobalMaxPool2d(Module):
         return y
 
     def backward(self, dy: Any) -> Any:
-        return F.global_maxpool2d_backward(dy, self._cache)
+        return F.global_maxpool2d_backward(dy, self.kept())
 
     def output_shape(self, in_shape: Shape) -> Shape:
         return (in_shape[0],)
