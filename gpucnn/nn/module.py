@@ -153,6 +153,11 @@ class Module:
     def children(self) -> Iterator[Module]:
         return iter(self._modules.values())
 
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """(name, module) of the direct children, in order (``setattr(self, name, other)``
+        replaces one in its place)."""
+        return iter(list(self._modules.items()))
+
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         yield prefix, self
         for name, m in self._modules.items():
@@ -166,8 +171,10 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def named_buffers(self) -> Iterator[tuple[str, Any]]:
-        for mod_name, m in self.named_modules():
+    def named_buffers(self, recurse: bool = True) -> Iterator[tuple[str, Any]]:
+        """(dotted name, array) of the buffers of this module and, with ``recurse``, of every
+        module below it."""
+        for mod_name, m in self.named_modules() if recurse else [("", self)]:
             for name in m._buffers:
                 yield (f"{mod_name}.{name}" if mod_name else name), getattr(m, name)
 

@@ -112,11 +112,33 @@ class Optimizer:
             return
         step_state = self.step_state
         backend_of(step_state).kernels.optim_state_advance(step_state)
-        self._t += 1
         for p in todo:
+            self._update_with_state(p, p.grad, self.state.setdefault(p, {}), step_state)
+        self.count_step(todo)
+
+    def count_step(self, params: Iterable[Parameter]) -> None:
+        """Count one device-state step on the host: the optimizer's count and the ``step`` of
+        each of ``params`` (those it updated). A device-state step counts itself; a captured
+        CUDA graph's launch runs the step without the host, which then counts it here."""
+        self._t += 1
+        for p in params:
             state = self.state.setdefault(p, {})
-            self._update_with_state(p, p.grad, state, step_state)
             state["step"] = state.get("step", 0) + 1
+
+    def step_counts(self) -> tuple[int, dict[Parameter, Any]]:
+        """The host's step counts (the optimizer's, and each parameter's ``step`` or None),
+        for :meth:`set_step_counts` to put back."""
+        return self._t, {p: s.get("step") for p, s in self.state.items()}
+
+    def set_step_counts(self, counts: tuple[int, dict[Parameter, Any]]) -> None:
+        """Put back what :meth:`step_counts` returned (e.g. after a step that was captured
+        into a CUDA graph, which ran nothing)."""
+        self._t, steps = counts
+        for p, s in self.state.items():
+            if steps.get(p) is None:
+                s.pop("step", None)
+            else:
+                s["step"] = steps[p]
 
     def _update(self, p: Parameter, grad: Any, state: dict[str, Any]) -> None:
         raise NotImplementedError

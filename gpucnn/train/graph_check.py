@@ -113,8 +113,8 @@ def step_arrays(fit: Any) -> list[tuple[str, Any]]:
         for key, value in opt.state.get(p, {}).items():
             if is_device_array(value):
                 out.append((f"optimizer {i}.{key}", value))
-    if opt._step_state is not None:
-        out.append(("optimizer step state", opt._step_state))
+    if opt.step_state is not None:
+        out.append(("optimizer step state", opt.step_state))
     out += [(f"dropout state {i}", layer.state) for i, layer in enumerate(fit.dropouts)]
     out += [("batch state", fit.batch_state), ("step records", fit.stats)]
     out.append(("correct count", fit.correct))

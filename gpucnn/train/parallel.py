@@ -51,7 +51,7 @@ MAX_WORKERS = 8
 def unsupported(model: Module) -> str | None:
     """Why ``model`` cannot be trained on batch shards, or None when it can."""
     for name, m in model.named_modules():
-        if m._buffers and not isinstance(m, BatchNorm2d):
+        if next(m.named_buffers(recurse=False), None) and not isinstance(m, BatchNorm2d):
             return f"{name or type(m).__name__} keeps buffers that shards cannot share"
     return None
 

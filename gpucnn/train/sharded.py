@@ -138,7 +138,7 @@ def shard_layers(model: Module) -> Module:
     (each keeps its place and its parameters); returns the model."""
     swaps = {BatchNorm2d: ShardedBatchNorm2d, Dropout: ShardedDropout}
     for _, parent in list(model.named_modules()):
-        for name, child in list(parent._modules.items()):
+        for name, child in parent.named_children():
             variant = swaps.get(type(child))
             if variant is not None:
                 setattr(parent, name, variant(child))
