@@ -38,7 +38,7 @@ class StepTime:
 
 class GpucnnSteps:
     """A gpucnn fit's epochs, ``steps`` batches each, through the Trainer's own epoch: eager
-    (``Trainer._train_epoch``, what cuda_graph=False runs) or as CUDA graphs
+    (``Trainer.train_epoch``, what cuda_graph=False runs) or as CUDA graphs
     (``GraphTraining.train_epoch``, what the default runs on CUDA)."""
 
     def __init__(
@@ -64,7 +64,7 @@ class GpucnnSteps:
 
     def epoch(self) -> dict[str, float]:
         self.loader.set_epoch(self.epochs)
-        run = self.runner.train_epoch if self.runner else self.trainer._train_epoch
+        run = self.runner.train_epoch if self.runner else self.trainer.train_epoch
         logs = run(self.loader, self.epochs, 1 << 30)
         self.epochs += 1
         return logs

@@ -118,7 +118,7 @@ def step_timing(
     runner = (
         graph.GraphTraining(trainer, loader) if graph.unsupported(trainer, loader) is None else None
     )
-    run = runner.train_epoch if runner is not None else trainer._train_epoch
+    run = runner.train_epoch if runner is not None else trainer.train_epoch
     out = Timing(how="CUDA graphs" if runner is not None else "eager")
     count = [0]
 

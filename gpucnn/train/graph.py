@@ -9,14 +9,16 @@ changes from step to step lives in device arrays, written by kernels inside the 
 
     gather_batch         batch state[BATCH_STEP] of a device permutation -> static x, y
     model.zero_grad, forward, CrossEntropyLoss, backward
-    gradient norm        sqrt(sum of squared gradients), as Trainer._grad_norm
+    gradient norm        sqrt(sum of squared gradients): gpucnn.train.steps.grad_norm
     optimizer.step()     device state (Adam/SGD use_device_state: t, lr, bias corrections)
     dropout_state_advance  per Dropout layer (GraphDropout reads its mask key on the device)
     correct += (argmax(logits) == y).sum()
     record_step(losses, state, loss), record_step(norms, state, norm)
     batch_state_advance
 
-Per epoch, on the host and outside any graph: the epoch's permutation (the DataLoader's own,
+The epoch loop is the Trainer's (Trainer.run_epoch): this module supplies its steps (a step
+runner, gpucnn.train.steps). Per epoch, on the host and outside any graph: the epoch's
+permutation (the DataLoader's own,
 ``default_rng([seed, epoch]).permutation(n)``, so graph and eager see the same batches) is
 written into the static device ``perm``; the batch state is reset (formulas.batch_state(epoch,
 0)); the per-epoch accumulators (losses, norms, correct) are zeroed; and each Dropout layer
@@ -31,10 +33,10 @@ off), a second for the tail batch R = N mod batch_size. Capturing runs nothing, 
 batch of each size runs the step eagerly (the warm-up: optimizer state made, every kernel
 compiled, in capturable mode so that it computes with the kernels the graph holds), the next
 one is captured and then launched, and later ones are launches. The host's own step counts
-(optimizer._t and each parameter's state["step"], which checkpoints save) are advanced by the
-host after each launch but the first: capturing the step advanced them once.
+(the optimizer's and each parameter's, which checkpoints save: Optimizer.count_step) are
+advanced by the host after each launch but the first: capturing the step advanced them once.
 
-Differences from the eager Trainer._train_epoch, all by design:
+Differences from the eager steps (gpucnn.train.steps.EagerSteps), all by design:
 
 - dropout masks come from the device state (formulas.dropout_step_key of the epoch's seed and
   the step), not from one host key per step: the same distribution, other masks;
@@ -67,7 +69,6 @@ falling back.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,6 @@ from gpucnn.nn import (
     GlobalMaxPool2d,
     Linear,
     MaxPool2d,
-    Module,
     ReLU,
     Residual,
     Sequential,
@@ -96,7 +96,9 @@ from gpucnn.nn.module import Parameter
 from gpucnn.optim import SGD, Adam
 from gpucnn.train import graph_check
 from gpucnn.train.callbacks import Callback
-from gpucnn.train.errors import NonFiniteLossError, NonFiniteParametersError, TrainingError
+from gpucnn.train.errors import NonFiniteParametersError, TrainingError
+from gpucnn.train.steps import EpochRecord, check_losses, check_parameters, parameters_finite
+from gpucnn.train.steps import grad_norm as _grad_norm  # looked up per step (tests replace it)
 
 log = logging.getLogger("gpucnn.train")
 
@@ -219,15 +221,6 @@ class GraphDropout(Dropout):
         return backend_of(dy).kernels.dropout_bwd_state(dy, self.p, self.state)
 
 
-def _grad_norm(model: Module, xp: Any) -> Any:
-    """sqrt of the sum of squared gradients: Trainer._grad_norm's operations, in its order."""
-    total = xp.zeros((), dtype=np.float32)
-    for p in model.parameters():
-        if p.grad is not None:
-            total += (p.grad * p.grad).sum()
-    return xp.sqrt(total)
-
-
 class _StepGraph:
     """The step for one batch size R: static buffers x (R, C, H, W) and y (R,); the warm-up,
     the capture, and the launches of the captured graph."""
@@ -271,34 +264,21 @@ class _StepGraph:
                 )
                 self.eager()
                 return
-            fit.count_step(self.updated)
+            fit.optimizer.count_step(self.updated)  # the launch's step, on the host
 
     def eager(self) -> None:
         """The step, run now (with the kernels a capture would hold)."""
         with self.fit.backend.capturable():
             self.work()
 
-    def _counts(self) -> tuple[int, dict[Parameter, Any]]:
-        opt = self.fit.optimizer
-        return opt._t, {p: s.get("step") for p, s in opt.state.items()}
-
-    def _set_counts(self, counts: tuple[int, dict[Parameter, Any]]) -> None:
-        opt = self.fit.optimizer
-        opt._t, steps = counts
-        for p, s in opt.state.items():
-            if steps.get(p) is None:
-                s.pop("step", None)
-            else:
-                s["step"] = steps[p]
-
     def capture_step(self) -> None:
         fit = self.fit
-        self._before_capture = self._counts()
+        self._before_capture = fit.optimizer.step_counts()
         try:
             with fit.backend.capture() as capture:
                 self.work()
         except Exception as exc:
-            self._set_counts(self._before_capture)  # nothing ran: the host counts go back
+            fit.optimizer.set_step_counts(self._before_capture)  # nothing ran: counts go back
             raise GraphCaptureError(
                 f"capturing the training step (batch {self.rows}) failed: "
                 f"{type(exc).__name__}: {exc}"
@@ -310,7 +290,7 @@ class _StepGraph:
         (gpucnn.train.graph_check). Agreement: the graph's step stands. Otherwise the eager
         step's result is put back and GraphCheckError says what differed."""
         fit = self.fit
-        self._set_counts(self._before_capture)  # the eager step counts itself, as capture did
+        fit.optimizer.set_step_counts(self._before_capture)  # the eager step counts itself
         arrays = graph_check.step_arrays(fit)
         params = list(fit.model.parameters())
         before = graph_check.copies(arrays)
@@ -380,8 +360,9 @@ class _StepGraph:
 
 class GraphTraining:
     """A Trainer's epochs as CUDA graphs: ``train_epoch`` stands in for
-    ``Trainer._train_epoch`` (same arguments, same logs, same history and global_step
-    updates); ``close()`` puts the model's Dropout layers and the optimizer's mode back.
+    ``Trainer.train_epoch`` (same arguments, same logs, same history and global_step
+    updates: the Trainer's own epoch loop, ``Trainer.run_epoch``, with this object as its
+    step runner); ``close()`` puts the model's Dropout layers and the optimizer's mode back.
 
     Args:
         trainer: the Trainer (its backend, model, criterion, optimizer, callbacks, progress,
@@ -423,7 +404,7 @@ class GraphTraining:
             self.optimizer.use_device_state()
         self._swaps = []  # (parent, name, original, variant)
         for _, parent in list(self.model.named_modules()):
-            for name, child in list(parent._modules.items()):
+            for name, child in parent.named_children():
                 if type(child) is Dropout:
                     variant = GraphDropout(child, self.backend)
                     setattr(parent, name, variant)
@@ -446,14 +427,10 @@ class GraphTraining:
             raise exc
         self.fallback = str(exc)
 
-    def count_step(self, updated: list[Parameter]) -> None:
-        """The host's step counts after a launch (what Optimizer._step_on_device counts)."""
-        self.optimizer._t += 1
-        for p in updated:
-            self.optimizer.state[p]["step"] += 1
-
-    def begin_epoch(self, epoch: int) -> None:
-        """The epoch's host writes: permutation, batch state, accumulators, dropout seeds."""
+    # -- the step runner of Trainer.run_epoch (gpucnn.train.steps) -----------------------
+    def begin_epoch(self, epoch: int, batches: int | None = None) -> None:
+        """The epoch's host writes: permutation, batch state, accumulators, dropout seeds
+        (``batches``: the loop's count, which ``sizes`` fixes)."""
         loader, backend, xp = self.loader, self.backend, self.backend.xp
         n = loader.num_samples
         rng = np.random.default_rng([loader.seed, loader.epoch])  # as DataLoader.__iter__
@@ -467,67 +444,40 @@ class GraphTraining:
             seed = int(layer.rng.integers(2**63))
             xp.copyto(layer.state, backend.asarray(formulas.dropout_state(seed)))
 
-    def train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict[str, float]:
-        """One epoch, as Trainer._train_epoch (same logs; step norms into the history)."""
-        if loader is not self.loader:
-            raise ValueError("GraphTraining.train_epoch: not the loader it was built for")
-        t = self.trainer
-        self.model.train()
-        self.begin_epoch(epoch)
-        batch_callbacks = [
-            c
-            for c in t.callbacks
-            if getattr(type(c), "on_batch_end", Callback.on_batch_end) is not Callback.on_batch_end
-        ]
-        n_batches = len(self.sizes)
-        t.progress.begin(f"epoch {epoch + 1}/{epochs}", n_batches)
-        start = time.perf_counter()
-        lrs = np.zeros(n_batches)
-        for i in range(n_batches):
-            lrs[i] = t.optimizer.lr  # what this step's update reads (Trainer's step_lr)
-            self.steps[0 if i < self.full_batches else 1].run(i)
-            t.global_step += 1
-            for cb in batch_callbacks:  # after the update: e.g. the lr of the next batch
-                cb.on_batch_end(t, t.global_step)
-            if (i + 1) % t.log_every == 0:
-                t.progress.update(i + 1)
-        losses, norms, correct = self._read_epoch(epoch)
-        elapsed = time.perf_counter() - start
-        seen = int(self.sizes.sum())
-        t.history["step_grad_norm"].extend(float(v) for v in norms)
-        t.history["step_lr"].extend(lrs.tolist())
-        return {
-            "train_loss": float((losses * self.sizes).sum() / seen),
-            "train_accuracy": correct / seen,
-            "grad_norm_mean": float(norms.mean()),
-            "grad_norm_max": float(norms.max()),
-            "images_per_s": seen / elapsed,
-            "train_time_s": elapsed,
-        }
+    def step(self, index: int, batch: Any = None) -> None:
+        """Step ``index`` of the epoch, by the graph of its batch size (the batch is in
+        device memory already: gathered inside the step)."""
+        self.steps[0 if index < self.full_batches else 1].run(index)
 
-    def _read_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Losses, norms and the correct count in one device-to-host read (with whether every
-        parameter is finite); the checks of Trainer._train_epoch's end."""
+    def note(self, index: int) -> str:
+        return ""  # no running loss: reading it would sync
+
+    def end_epoch(self, epoch: int) -> EpochRecord:
+        """Losses, norms and the correct count in one device-to-host read, with whether every
+        parameter is finite (the checks of the eager steps' end of an epoch)."""
         xp, nb = self.backend.xp, len(self.sizes)
-        finite = xp.ones((), dtype=bool)
-        for p in self.model.parameters():
-            finite &= xp.isfinite(p.data).all()
         summary = xp.concatenate(
             [
                 self.stats.reshape(-1).astype(np.float64),
                 self.correct.astype(np.float64).reshape(1),
-                finite.astype(np.float64).reshape(1),
+                parameters_finite(self.model, xp).astype(np.float64).reshape(1),
             ]
         )
         host = to_host(summary)  # the epoch's one read
         losses, norms = host[:nb].astype(np.float32), host[nb : 2 * nb].astype(np.float32)
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            raise NonFiniteLossError(epoch + 1, int(bad[0]) + 1, float(losses[bad[0]]))
+        check_losses(losses, epoch)
         if not host[2 * nb + 1]:
-            self.trainer._check_parameters(epoch)  # names the parameter
+            check_parameters(self.model, xp, epoch)  # names the parameter
             raise NonFiniteParametersError(epoch + 1, "?")
-        return losses, norms, int(host[2 * nb])
+        return EpochRecord(losses, norms, self.sizes, int(host[2 * nb]))
+
+    def train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict[str, float]:
+        """One epoch, as Trainer.train_epoch (same logs; step norms into the history): the
+        Trainer's epoch loop with these steps."""
+        if loader is not self.loader:
+            raise ValueError("GraphTraining.train_epoch: not the loader it was built for")
+        n = len(self.sizes)
+        return self.trainer.run_epoch(range(n), n, epoch, epochs, self)
 
     def close(self) -> None:
         """Put the original Dropout layers back (in their places, in the current mode) and the

@@ -3,6 +3,10 @@
 Per step: zero_grad, forward, loss, backward, global gradient norm, optimizer step. Per-step
 losses and gradient norms are written into device arrays and read by the host only every
 ``log_every`` steps and at the end of an epoch, so a GPU step does no host sync.
+
+One epoch loop (:meth:`Trainer.run_epoch`) serves every way a step runs: a step runner
+(gpucnn.train.steps) supplies the step, eager (serial, or on CPU batch shards) or a captured
+CUDA graph (gpucnn.train.graph).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +28,10 @@ from gpucnn.nn import Module
 from gpucnn.train.atomic import write_json
 from gpucnn.train.callbacks import Callback
 from gpucnn.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from gpucnn.train.errors import NonFiniteLossError, NonFiniteParametersError, TrainingError
+from gpucnn.train.errors import TrainingError
 from gpucnn.train.parallel import DataParallel, data_parallel
 from gpucnn.train.progress import Progress
+from gpucnn.train.steps import EagerSteps, StepRunner
 
 log = logging.getLogger("gpucnn.train")
 
@@ -177,93 +183,71 @@ class Trainer:
             raise TrainingError(str(exc)) from exc
 
     # -- the loop -------------------------------------------------------------------------
-    def _grad_norm(self) -> Any:
-        xp = self.backend.xp
-        total = xp.zeros((), dtype=np.float32)
-        for p in self.model.parameters():
-            if p.grad is not None:
-                total += (p.grad * p.grad).sum()
-        return xp.sqrt(total)
+    def run_epoch(
+        self, batches: Iterable[Any], count: int, epoch: int, epochs: int, steps: StepRunner
+    ) -> dict[str, float]:
+        """One training epoch: the one epoch loop, whoever runs the steps.
 
-    def _check_finite(self, losses: Any, upto: int, checked: int, epoch: int) -> int:
-        chunk = to_host(losses[checked:upto])
-        bad = np.flatnonzero(~np.isfinite(chunk))
-        if bad.size:
-            raise NonFiniteLossError(epoch + 1, checked + int(bad[0]) + 1, float(chunk[bad[0]]))
-        return upto
+        For each of the ``count`` items of ``batches``: the lr the step's update reads (the
+        history's step_lr), ``steps.step(index, batch)``, the step count, the per-batch
+        callbacks (after the update: e.g. the lr of the next batch) and the progress bar;
+        then ``steps.end_epoch`` (the epoch's losses, gradient norms, batch sizes and correct
+        count, checked finite) into the history and the epoch's logs.
 
-    def _check_parameters(self, epoch: int) -> None:
-        """Every parameter finite after the epoch's last update (one device reduction, one
-        host read): the loss is checked before each update, so this catches the last one
-        before any checkpoint is written."""
-        xp = self.backend.xp
-        finite = xp.ones((), dtype=bool)
-        for p in self.model.parameters():
-            finite &= xp.isfinite(p.data).all()
-        if not bool(finite):
-            bad = next(n for n, p in self.model.named_parameters() if not xp.isfinite(p.data).all())
-            raise NonFiniteParametersError(epoch + 1, bad)
-
-    def _train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict[str, float]:
-        xp = self.backend.xp
+        Args:
+            batches: what ``steps.step`` takes, one item a step (a loader's (x, y) batches).
+            count: how many; a loader that yields another number of batches is an error.
+            epoch: the epoch's index (from 0); ``epochs``: how many the fit runs (progress).
+            steps: the step runner (gpucnn.train.steps): EagerSteps, or a CUDA-graph
+                runner (gpucnn.train.graph.GraphTraining).
+        """
         self.model.train()
-        n_batches = len(loader)
-        losses = xp.zeros(n_batches, dtype=np.float32)
-        norms = xp.zeros(n_batches, dtype=np.float32)
-        sizes = np.zeros(n_batches, dtype=np.int64)
-        lrs = np.zeros(n_batches)
-        correct = xp.zeros((), dtype=np.int64)
-        # in host memory reading the loss costs nothing, so check every step (before the update)
-        check_every = 1 if self.backend.host_memory else self.log_every
-        checked = 0
         # only callbacks that override on_batch_end are called per step
         batch_callbacks = [
             c
             for c in self.callbacks
             if getattr(type(c), "on_batch_end", Callback.on_batch_end) is not Callback.on_batch_end
         ]
-        self.progress.begin(f"epoch {epoch + 1}/{epochs}", n_batches)
+        lrs = np.zeros(count)
+        steps.begin_epoch(epoch, count)
+        self.progress.begin(f"epoch {epoch + 1}/{epochs}", count)
         start = time.perf_counter()
         i = -1
-        for i, (x, y) in enumerate(loader):
-            self.model.zero_grad()
-            if self._parallel is not None:  # forward and backward on shards, in threads
-                loss, logits = self._parallel.step(x, y)
-                losses[i] = loss
-                checked = self._check_finite(losses, i + 1, checked, epoch)
-            else:
-                logits = self.model(x)
-                losses[i] = self.criterion(logits, y)
-                if (i + 1) % check_every == 0:
-                    checked = self._check_finite(losses, i + 1, checked, epoch)
-                self.model.backward(self.criterion.backward())
-            norms[i] = self._grad_norm()
-            lrs[i] = self.optimizer.lr
-            self.optimizer.step()
-            correct += (logits.argmax(axis=1) == y).sum()
-            sizes[i] = len(y)
+        for i, batch in enumerate(batches):
+            lrs[i] = self.optimizer.lr  # what this step's update reads
+            steps.step(i, batch)
             self.global_step += 1
-            for cb in batch_callbacks:  # after the update: e.g. the lr of the next batch
+            for cb in batch_callbacks:
                 cb.on_batch_end(self, self.global_step)
             if (i + 1) % self.log_every == 0:
-                self.progress.update(i + 1, f"loss {float(losses[i]):.4f}")
-        if i + 1 != n_batches:
-            raise TrainingError(f"train loader yielded {i + 1} batches but len() says {n_batches}")
-        self._check_finite(losses, n_batches, checked, epoch)
-        self._check_parameters(epoch)
+                self.progress.update(i + 1, steps.note(i))
+        if i + 1 != count:
+            raise TrainingError(f"train loader yielded {i + 1} batches but len() says {count}")
+        record = steps.end_epoch(epoch)
         elapsed = time.perf_counter() - start
-        host_losses, host_norms = to_host(losses), to_host(norms)
-        seen = int(sizes.sum())
-        self.history["step_grad_norm"].extend(float(v) for v in host_norms)
+        seen = int(record.sizes.sum())
+        self.history["step_grad_norm"].extend(float(v) for v in record.norms)
         self.history["step_lr"].extend(lrs.tolist())
         return {
-            "train_loss": float((host_losses * sizes).sum() / seen),
-            "train_accuracy": int(correct) / seen,
-            "grad_norm_mean": float(host_norms.mean()),
-            "grad_norm_max": float(host_norms.max()),
+            "train_loss": float((record.losses * record.sizes).sum() / seen),
+            "train_accuracy": record.correct / seen,
+            "grad_norm_mean": float(record.norms.mean()),
+            "grad_norm_max": float(record.norms.max()),
             "images_per_s": seen / elapsed,
             "train_time_s": elapsed,
         }
+
+    def train_epoch(self, loader: Any, epoch: int, epochs: int) -> dict[str, float]:
+        """One epoch of ``loader`` with steps launched by the host (:meth:`run_epoch` with
+        gpucnn.train.steps.EagerSteps; forward and backward on batch shards in threads where
+        the fit runs them so). Returns the epoch's logs."""
+        # in host memory reading the loss costs nothing, so check every step (before the update)
+        check_every = 1 if self.backend.host_memory else self.log_every
+        parallel = self._parallel.step if self._parallel is not None else None
+        steps = EagerSteps(
+            self.model, self.criterion, self.optimizer, self.backend, check_every, parallel
+        )
+        return self.run_epoch(loader, len(loader), epoch, epochs, steps)
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Loss and accuracy over a loader, in eval mode (dropout off, BatchNorm running stats)."""
@@ -346,7 +330,7 @@ class Trainer:
                 train_loader.set_epoch(epoch)
             lr = self.optimizer.lr
             t0 = time.perf_counter()
-            run_epoch = self._graph.train_epoch if self._graph else self._train_epoch
+            run_epoch = self._graph.train_epoch if self._graph else self.train_epoch
             logs = run_epoch(train_loader, epoch, epochs)
             if self._graph is not None and self._graph.fallback is not None:
                 self.log(f"training eagerly: {self._graph.fallback}")
