@@ -101,6 +101,30 @@ def test_asking_for_cuda_without_a_gpu_exits_2_saying_why():
     assert out.stdout.strip().splitlines()[-1].startswith("doctor: NOTHING CHECKED (exit 2)")
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_passed_checks_are_one_line_and_each_is_listed_with_verbose(verbose):
+    lines: list[str] = []
+    report = doctor.run(
+        "cpu", step_model=tiny_model, step_batch=4, step_image=(1, 6, 6), timing=False,
+        say=lines.append, verbose=verbose,
+    )  # fmt: skip
+    section = lines[lines.index("checks on cpu (kernels against float64 NumPy and the formulas "
+                                "run as Python)") + 1 :]  # fmt: skip
+    passed = [c for c in report.checks if c.ok and c.family != "graph"]
+    listed = [line for line in section if line.startswith("  ok    ") and ": " in line]
+    assert "captured step vs eager step" in "\n".join(section)  # a verdict: always its line
+    if verbose:
+        assert len(listed) == len(passed) and "(tolerance " in listed[0]
+    else:
+        assert listed == []
+        assert (
+            section[0]
+            == f"  ok    {len(passed)} checks agree with their references within tolerance"
+        )
+        assert "window 6" in section[1] and "each with its error: -v" in " ".join(section[1:3])
+        assert len(section) <= 5
+
+
 def test_a_cpu_kernel_that_disagrees_is_a_failed_check(monkeypatch, capsys):
     real = cpu.relu_fwd
     monkeypatch.setattr(cpu, "relu_fwd", lambda x: real(x) + np.float32(1e-3))
@@ -150,7 +174,7 @@ def test_help_explains_and_the_console_script_is_declared():
     out, _ = _doctor("--help")
     text = " ".join(out.stdout.split())
     assert out.returncode == 0 and "Exit status: 0 all checks passed, 1 a check failed" in text
-    assert "--device {all,auto,cpu,cuda}" in text and "--json" in text
+    assert "--device {all,auto,cpu,cuda}" in text and "--json" in text and "--verbose" in text
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, func = scripts["gpucnn-doctor"].partition(":")
     assert (module, func) == ("gpucnn.doctor", "main")

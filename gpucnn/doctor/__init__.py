@@ -14,10 +14,13 @@ It says what the machine offers gpucnn and whether gpucnn computes right on it, 
    paths' own checks (gpucnn.backend.cuda.selfcheck);
 5. a seed-model training step timed for ~2 s, PyTorch's beside it when installed;
 
-and one summary line last. Exit status: 0 all checks passed, 1 a check failed (or, for a
-CUDA device asked for, a trap was found), 2 nothing to check on the device asked for (no
-GPU with ``--device cuda``). ``--json`` prints one JSON object instead. Typical time: under
-20 s on a CPU, under a minute on a GPU (Numba compiles each kernel once and caches it).
+and one summary line last. The checks that passed within their tolerances are counted in
+one line per device; ``-v`` (``--verbose``) lists each with its error and tolerance. Failed
+and skipped checks, the captured step and the kernel paths are always listed. Exit status: 0
+all checks passed, 1 a check failed (or, for a CUDA device asked for, a trap was found), 2
+nothing to check on the device asked for (no GPU with ``--device cuda``). ``--json`` prints
+one JSON object instead, every check in it. Typical time: under 20 s on a CPU, under a
+minute on a GPU (Numba compiles each kernel once and caches it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import dataclasses
 import json
 import logging
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +100,7 @@ def run(
     timing_batches: int | None = None,
     timing: bool = True,
     say: Callable[[str], None] | None = None,
+    verbose: bool = False,
 ) -> Report:
     """Run the doctor's sections for ``device`` ("all" devices found, "auto", "cpu" or
     "cuda") and return the Report (``say`` gets each section's lines as they are ready).
@@ -104,7 +109,8 @@ def run(
     shapes and model; ``step_model``, ``step_batch`` and ``step_image`` what the captured step
     and the timing train (default: the seed model at batch 64 on 28×28 images), and
     ``timing_batches`` the steps of a timed epoch (default 32 on CUDA, 2 on a CPU);
-    ``timing=False`` leaves the timing out.
+    ``timing=False`` leaves the timing out; ``verbose`` says a line per check that passed
+    (else one line counts them).
     """
     from gpucnn.backend import _cuda_missing, devices, get_backend
 
@@ -127,7 +133,7 @@ def run(
         backend = get_backend(name)
         before = len(report.checks)
         _device_checks(report, backend, sizes, step_model, step_batch, step_image)
-        for line in _check_lines(report.checks[before:], name):
+        for line in _check_lines(report.checks[before:], name, verbose):
             say(line)
         if not timing:
             continue
@@ -255,11 +261,29 @@ def _header_lines(report: Report) -> list[str]:
 _AGAINST = {"cpu": "float64 NumPy and the formulas run as Python", "cuda": "the CPU kernels"}
 
 
-def _check_lines(checks: list[Check], device: str) -> list[str]:
+# families whose checks are each a verdict in words (not an error against a tolerance)
+_ALWAYS_SHOWN = ("graph", "paths")
+
+
+def _check_lines(checks: list[Check], device: str, verbose: bool = False) -> list[str]:
+    """The section of one device's checks: a line per check (``verbose``), or one line that
+    counts those that passed within their tolerances and a line for each of the others."""
     lines = ["", f"checks on {device} (kernels against {_AGAINST.get(device, '?')})"]
+    passed = [c for c in checks if c.ok and c.family not in _ALWAYS_SHOWN]
+    if passed and not verbose:
+        families: dict[str, int] = {}
+        for c in passed:
+            families[c.family] = families.get(c.family, 0) + 1
+        counts = ", ".join(f"{family} {n}" for family, n in families.items())
+        lines.append(f"  ok    {len(passed)} checks agree with their references within tolerance")
+        lines += textwrap.wrap(
+            f"({counts}; each with its error: -v)", 92, initial_indent=" " * 8,
+            subsequent_indent=" " * 9,
+        )  # fmt: skip
     for c in checks:
-        mark = {True: "ok", False: "FAIL", None: "--"}[c.ok]
-        lines.append(f"  {mark:<4}  {c.family:<11} {c.name}: {c.detail}")
+        if verbose or c not in passed:
+            mark = {True: "ok", False: "FAIL", None: "--"}[c.ok]
+            lines.append(f"  {mark:<4}  {c.family:<11} {c.name}: {c.detail}")
     return lines
 
 
@@ -282,9 +306,11 @@ def _timing_lines(device: str, t: dict[str, Any], batch: int, seconds: float) ->
     return lines
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, prog: str = "python -m gpucnn.doctor"
+) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="python -m gpucnn.doctor",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -295,6 +321,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="which devices to check: all found (default), what 'auto' picks, cpu or cuda",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="a line for every check, with its error and tolerance (default: the checks that "
+        "passed counted in one line)",
+    )
     ap.add_argument("--no-timing", action="store_true", help="leave the step timing out")
     ap.add_argument(
         "--seconds",
@@ -308,16 +341,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit status (see the module docstring)."""
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m gpucnn.doctor") -> int:
+    """The command line (``prog``: the name its usage line shows); returns the exit status
+    (see the module docstring)."""
+    args = parse_args(argv, prog)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
 
     def say(line: str) -> None:
         if not args.json:
             print(line, flush=True)
 
-    report = run(args.device, args.seconds, timing=not args.no_timing, say=say)
+    report = run(
+        args.device, args.seconds, timing=not args.no_timing, say=say, verbose=args.verbose
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=1, default=str))
     else:
