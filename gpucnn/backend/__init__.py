@@ -199,8 +199,9 @@ def get_backend(device: str | Backend = "auto") -> Backend:
     """Return the backend for a device name (a Backend is returned as it is).
 
     Args:
-        device: "auto" (CUDA when usable, else CPU; logs which it picked), "cpu", "cuda", or
-            a Backend already resolved: a run resolves its device once and passes the object.
+        device: "auto" (CUDA when usable, else CPU; logs which it picked, once per process:
+            the choice cannot change within one), "cpu", "cuda", or a Backend already
+            resolved: a run resolves its device once and passes the object.
 
     Returns:
         The :class:`Backend`.
@@ -218,12 +219,17 @@ def get_backend(device: str | Backend = "auto") -> Backend:
     why = _cuda_missing()
     if why is None:
         if device == "auto":
-            log.info("device 'auto' picked cuda")
+            _say_auto("device 'auto' picked cuda")
         return _cuda_backend()
     if device == "cuda":
         raise BackendUnavailableError(f"device 'cuda' is unavailable: {why}")
-    log.info("device 'auto' picked cpu (cuda unavailable: %s)", why)
+    _say_auto(f"device 'auto' picked cpu (cuda unavailable: {why})")
     return CPU
+
+
+@functools.cache  # once per process: a run that resolves "auto" for each task says it once
+def _say_auto(line: str) -> None:
+    log.info("%s", line)
 
 
 def is_device_array(a: Any) -> bool:

@@ -79,3 +79,30 @@ def test_every_cuda_kernel_file_takes_numba_cuda_from_one_module():
     for path in (folder / "cuda").glob("*.py"):
         text = path.read_text()
         assert "from numba import cuda" not in text and "import numba.cuda" not in text, path
+
+
+def test_a_run_says_once_what_auto_picked_and_its_memory_setting_only_when_debugging():
+    """A run resolves "auto" for its training and again for its evaluation: one line says what
+    was picked. The CPU's memory setting is a detail for debugging, not a line of every run."""
+    code = (
+        "import logging\n"
+        "logging.basicConfig(format='%(message)s')\n"
+        "logging.getLogger('gpucnn').setLevel(logging.{level})\n"
+        "from gpucnn.backend import get_backend\n"
+        "for _ in range(2):\n"
+        "    get_backend('auto').prepare()\n"
+    )
+    said = {}
+    for level in ("INFO", "DEBUG"):
+        out = subprocess.run(
+            [sys.executable, "-c", code.format(level=level)], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        said[level] = out.stderr.splitlines()
+    assert sum(line.startswith("device 'auto' picked") for line in said["INFO"]) == 1, said
+    assert not any("memory" in line or "malloc" in line for line in said["INFO"]), said
+    if sys.platform.startswith("linux") and get_backend("auto") is CPU:
+        assert any(
+            line.startswith("memory: freed blocks up to 32 MiB stay in this process")
+            for line in said["DEBUG"]
+        ), said

@@ -50,5 +50,8 @@ def keep_freed_memory() -> bool:
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
     if kept:
-        log.info("glibc malloc keeps freed blocks up to 32 MiB for reuse (page faults per step)")
+        log.debug(
+            "memory: freed blocks up to 32 MiB stay in this process for the next step's "
+            "arrays (GPUCNN_KEEP_FREED_MEMORY=0 turns this off)"
+        )
     return kept
