@@ -138,12 +138,12 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def main(argv: list[str] | None = None) -> int:
-    # the command lines' exit statuses and signal handling (imports no Prefect)
-    from gpucnn.flows.cli import EXIT_STATUS, run_cli
+def main(argv: list[str] | None = None, prog: str = "python -m gpucnn.predict") -> int:
+    # the command lines' exit statuses and signal handling
+    from gpucnn.cli.run import EXIT_STATUS, run_cli
 
     ap = argparse.ArgumentParser(
-        prog="python -m gpucnn.predict",
+        prog=prog,
         description=__doc__,
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,

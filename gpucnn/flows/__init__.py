@@ -1,9 +1,9 @@
 """Prefect flows: download, prepare, train and evaluate as retryable tasks.
 
-The only package that imports prefect. Its modules import it on use, so that
-``python -m gpucnn.flows.train --help`` answers at once, without Prefect or a GPU.
-
-    python -m gpucnn.flows.train             # the whole pipeline on the defaults
-    python -m gpucnn.flows.evaluate CHECKPOINT
-    python -m gpucnn.flows.sweep --grid lr=1e-3,3e-4
+The only package that imports prefect: pipeline.py (the flows), tasks.py, reporting.py (log
+lines and progress sent to Prefect off training's path), local_api.py (Prefect's local API
+server as a child of the command) and cli.py (Prefect started for a command line). The
+commands that run the flows are gpucnn.cli's (``gpucnn train``, ``gpucnn evaluate --prefect``,
+``gpucnn sweep``); they import Prefect only when a flow runs. ``python -m gpucnn.flows.train``,
+``gpucnn.flows.evaluate`` and ``gpucnn.flows.sweep`` are those commands under module names.
 """

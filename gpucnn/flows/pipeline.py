@@ -20,8 +20,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from gpucnn.cli.config import checkpoint_config, expand_grid
 from gpucnn.flows import reporting
-from gpucnn.flows.cli import checkpoint_config, expand_grid
 from gpucnn.flows.tasks import download_dataset, evaluate_model, prepare_data, train_model
 from gpucnn.logs import guard_standard_streams, run_log, show_info
 from gpucnn.train import recipe

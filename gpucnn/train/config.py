@@ -1,7 +1,7 @@
 """TrainConfig: everything that defines a run, as one object from the command line to the loop.
 
 Each field carries its help text (and, where it has them, its choices) in its metadata: the
-command lines build their options from these fields (gpucnn.flows.cli), the sweep parses its
+command lines build their options from these fields (gpucnn.cli.config), the sweep parses its
 grid with the same types, and checkpoints and the run folder record the config as JSON.
 
 The defaults are the article's recipe: the seed model, Adam (lr 1e-3, weight decay 1e-5,

@@ -107,6 +107,7 @@ def test_expected_failure_is_one_line_not_a_traceback(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert lines and lines[0].startswith("error: DownloadError: could not download"), out.stderr
     assert out.stderr.count("could not download") == 1, out.stderr  # said once, at the end
+    assert out.stderr.count("starting Prefect and its local API server") == 1  # what the wait is
     assert "GPUCNN_DATA_MIRROR" in out.stderr and "--data-dir" in out.stderr  # the way out
 
 
@@ -122,7 +123,7 @@ def test_evaluate_missing_checkpoint_is_one_line(tmp_path):
 def test_every_config_field_is_an_option_parsed_into_one_config():
     import dataclasses
 
-    from gpucnn.flows.cli import config_from
+    from gpucnn.cli.config import config_from
     from gpucnn.flows.train import parser
     from gpucnn.train.config import TrainConfig
 
@@ -253,7 +254,7 @@ def test_resuming_a_run_with_another_config_fails_at_once_naming_the_fields(tmp_
 
 
 def test_a_preset_gives_the_defaults_and_explicit_options_win():
-    from gpucnn.flows.cli import config_from, parse_args
+    from gpucnn.cli.config import config_from, parse_args
     from gpucnn.flows.train import parser
     from gpucnn.train.config import TrainConfig
 

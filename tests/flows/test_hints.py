@@ -80,7 +80,7 @@ def test_a_refusal_from_inside_the_training_task_names_the_parameter(unusable_ch
 
 
 def test_the_command_line_calling_the_flow_keeps_its_flags(unusable_checkpoint, tmp_path):
-    """gpucnn.flows.cli.run_cli says "command line" around the flow it calls."""
+    """gpucnn.cli.run.run_cli says "command line" around the flow it calls."""
     from gpucnn.flows.pipeline import train_flow
     from gpucnn.train.runs import ways_out
 
