@@ -27,19 +27,14 @@ from typing import Any
 
 from gpucnn.cli.config import checkpoint_config, verify_data
 from gpucnn.cli.export import export_onnx
-from gpucnn.cli.run import EXIT_STATUS, run_cli
+from gpucnn.cli.run import CHECKPOINT_HELP, command_parser, run_cli
 
 log = logging.getLogger("gpucnn.flows")
 
 
 def parser(prog: str = "gpucnn evaluate") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__,
-        epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("checkpoint", help="a .npz checkpoint written by a training run")
+    ap = command_parser(prog, __doc__)
+    ap.add_argument("checkpoint", help=CHECKPOINT_HELP)
     ap.add_argument("--data-dir", default=None, help="dataset cache (default: as trained)")
     ap.add_argument(
         "--mirror",

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpucnn.cli.run import EXIT_STATUS, run_cli
+from gpucnn.cli.run import CHECKPOINT_HELP, command_parser, run_cli
 
 
 def export_onnx(checkpoint: str, path: str, preprocessing: bool) -> Path:
@@ -33,13 +33,8 @@ def export_onnx(checkpoint: str, path: str, preprocessing: bool) -> Path:
 
 
 def parser(prog: str = "gpucnn export") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__,
-        epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("checkpoint", help="a .npz checkpoint written by a training run")
+    ap = command_parser(prog, __doc__)
+    ap.add_argument("checkpoint", help=CHECKPOINT_HELP)
     ap.add_argument("path", help="the .onnx file to write")
     ap.add_argument(
         "--with-preprocessing",

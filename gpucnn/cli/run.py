@@ -23,6 +23,7 @@ instant.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -41,6 +42,20 @@ EXIT_STATUS = (
 )
 
 INTERRUPTED = "interrupted; re-run the same command to resume from the last checkpoint"
+CHECKPOINT_HELP = "a .npz checkpoint written by a training run"
+
+
+def command_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A command's parser: ``doc`` (its module's docstring) as the description, laid out as
+    written, and the exit statuses after the options."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 EXIT_DEADLINE_S = 3.5  # after SIGINT or SIGTERM the process is gone within this
 
 

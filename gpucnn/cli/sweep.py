@@ -9,7 +9,6 @@ DaskTaskRunner (pip install 'gpucnn[dask]'); otherwise in threads of this proces
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -22,7 +21,7 @@ from gpucnn.cli.config import (
     parse_value,
     verify_data,
 )
-from gpucnn.cli.run import EXIT_STATUS, bad_values, run_cli
+from gpucnn.cli.run import bad_values, command_parser, run_cli
 from gpucnn.train.config import field_types
 
 
@@ -66,12 +65,7 @@ def ranked_table(rows: list[dict[str, Any]], swept: list[str]) -> str:
 
 def main(argv: list[str] | None = None, prog: str = "gpucnn sweep") -> int:
     """The command line (``prog``: the name its usage line shows); returns the exit status."""
-    ap = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__,
-        epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = command_parser(prog, __doc__)
     ap.add_argument(
         "--grid",
         action="append",

@@ -28,16 +28,11 @@ from gpucnn.cli.config import (
     parse_args,
     verify_data,
 )
-from gpucnn.cli.run import EXIT_STATUS, bad_values, run_cli
+from gpucnn.cli.run import bad_values, command_parser, run_cli
 
 
 def parser(prog: str = "gpucnn train") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__,
-        epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = command_parser(prog, __doc__)
     add_preset_option(ap)
     add_config_options(ap)
     out = ap.add_argument_group("output")
