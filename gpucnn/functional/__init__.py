@@ -2,6 +2,12 @@
 
 Each op validates its input, finds the backend from its arrays and calls that backend's
 kernels for the window work; elementwise math is written once against the array module ``xp``.
+
+A cache is a NamedTuple of its op, one type per algorithm where an op has several
+(conv.Im2colCache, conv.DirectCache, winograd.WinogradCache; fused.ConvReluPoolCache,
+winograd.WinogradReluPoolCache): each field keeps one meaning, and a backward reads it by
+name (``cache.cols``). A convolution's cache says which algorithm ran (``cache.algorithm``).
+Under gpucnn.no_grad() a forward returns None for its cache.
 """
 
 from gpucnn.functional.activation import (
