@@ -140,3 +140,7 @@ def main(argv: list[str] | None = None, prog: str = "gpucnn evaluate") -> int:
         print(json.dumps({**{k: result[k] for k in keys}, "files": files}))
 
     return run_cli(body, interrupted="interrupted")
+
+
+if __name__ == "__main__":  # python -m gpucnn.cli.evaluate: the same command
+    sys.exit(main())

@@ -56,3 +56,7 @@ def main(argv: list[str] | None = None, prog: str = "gpucnn export") -> int:
         print(json.dumps({"file": str(path), "preprocessing": args.with_preprocessing}))
 
     return run_cli(body, interrupted="interrupted")
+
+
+if __name__ == "__main__":  # python -m gpucnn.cli.export: the same command
+    sys.exit(main())

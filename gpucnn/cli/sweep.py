@@ -10,6 +10,7 @@ DaskTaskRunner (pip install 'gpucnn[dask]'); otherwise in threads of this proces
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from gpucnn.cli.config import (
@@ -114,3 +115,7 @@ def main(argv: list[str] | None = None, prog: str = "gpucnn sweep") -> int:
             print(f"\nall trials, ranked: {args.output_dir}/sweep.json; curves: sweep.png")
 
     return run_cli(body)
+
+
+if __name__ == "__main__":  # python -m gpucnn.cli.sweep: the same command
+    sys.exit(main())

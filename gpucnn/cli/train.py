@@ -119,3 +119,7 @@ def main(argv: list[str] | None = None, prog: str = "gpucnn train") -> int:
         )
 
     return run_cli(body)
+
+
+if __name__ == "__main__":  # python -m gpucnn.cli.train: the same command
+    sys.exit(main())
