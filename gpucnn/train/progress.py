@@ -3,18 +3,24 @@
 Each epoch's summary (epoch, losses, accuracies, lr, time, images/s) is one INFO line on the
 ``gpucnn.train`` logger, like the Trainer's other messages (early stopping, learning-rate
 changes, resuming), so it reaches every sink exactly once: a terminal, a file or a pipe, and
-Prefect's run logs (see :mod:`gpucnn.logs` for who prints it). When the stream is a terminal a
-bar is drawn during the epoch and erased before the line is logged; in a file or a pipe there
-is no bar and no control character (no ``\\r``, no escape sequence). A bar whose stream goes
-away (its terminal closed, EPIPE, EBADF) is given up, never raised into training: the epoch
-lines go on through logging (to a run's log.txt, Prefect's run logs).
+Prefect's run logs (see :mod:`gpucnn.logs` for who prints it). A line says what has happened:
+the epoch's line is logged once the epoch's end (its callbacks: the checkpoint written) is
+over (:meth:`Progress.epoch_end`), so a run killed at any moment never has a line for an
+epoch its folder does not hold; what the callbacks said meanwhile follows it. When the
+stream is a terminal a bar is drawn during the epoch and erased before the line is logged; in
+a file or a pipe there is no bar and no control character (no ``\\r``, no escape sequence).
+A bar whose stream goes away (its terminal closed, EPIPE, EBADF) is given up, never raised
+into training: the epoch lines go on through logging (to a run's log.txt, Prefect's run
+logs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 from gpucnn.logs import ensure_sink
@@ -38,6 +44,7 @@ class Progress:
         self.enabled = enabled
         self.total, self.desc, self.start = 0, "", 0.0
         self.drawn = False
+        self._held: list[str] | None = None  # messages said while an epoch ends
         if enabled:
             ensure_sink()
 
@@ -78,3 +85,30 @@ class Progress:
         self.clear()
         if self.enabled:
             log.info("%s", summary)
+
+    def say(self, message: str) -> None:
+        """Log ``message`` (whether or not progress is enabled); while an epoch ends, after
+        that epoch's line."""
+        if self._held is not None:
+            self._held.append(message)
+        else:
+            log.info("%s", message)
+
+    @contextlib.contextmanager
+    def epoch_end(self, summary: str) -> Iterator[None]:
+        """The epoch's end runs in this block (its callbacks: the checkpoint's commit); the
+        epoch's line ``summary`` is logged when the block is over, then what was said
+        meanwhile (:meth:`say`). A block that fails logs no line for the epoch (it was not
+        committed), only what was said."""
+        self.clear()
+        self._held = []
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            held, self._held = self._held, None
+            if done and self.enabled:
+                log.info("%s", summary)
+            for message in held:
+                log.info("%s", message)

@@ -120,7 +120,7 @@ class Trainer:
 
     # -- messages -------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        log.info("%s", message)
+        self.progress.say(message)  # while an epoch ends: after its line
 
     # -- checkpoints ----------------------------------------------------------------------
     def _callback_states(self) -> dict[str, Callback]:
@@ -346,10 +346,11 @@ class Trainer:
             self.history["epoch"].append(self.epoch)
             for k in HISTORY_KEYS[1:]:
                 self.history[k].append(logs.get(k, math.nan))
-            self.progress.end(self._summary(logs, epochs))
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch, logs)
-            self.write_history()
+            # the epoch's line once it is committed (checkpoints, history.json)
+            with self.progress.epoch_end(self._summary(logs, epochs)):
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, epoch, logs)
+                self.write_history()
         for cb in self.callbacks:
             cb.on_train_end(self)
 
