@@ -5,7 +5,8 @@ Deployment entrypoints (flows/prefect.yaml): gpucnn/flows/pipeline.py:train_flow
 :evaluate_flow and :sweep_flow.
 
 Every flow runs inside :func:`flow_run_scope`: Prefect's API may stop answering and the
-console may go away (a worker killed) without stalling or ending it, and a refusal's way
+console may go away (a worker killed) without stalling or ending it (its end waits a bounded
+time for the API to take what was held), and a refusal's way
 out names the flow's parameters (``overwrite=true``) unless the command line calling it
 names its flags. A training run's lines are also kept in its folder's log.txt.
 """
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 
 from gpucnn.cli.config import checkpoint_config, expand_grid
 from gpucnn.flows import reporting
@@ -48,8 +48,9 @@ def flow_run_scope() -> Iterator[None]:
     """What a flow's body runs in: standard streams whose going away ends nothing
     (gpucnn.logs.guard_standard_streams), ways out said as the flow's parameters unless the
     command line calling it said its flags, and a reporting session (gpucnn.flows.reporting:
-    log lines and progress sent off training's path, held through an API outage); gpucnn's
-    INFO lines let through (a deployment's flow run sets no level)."""
+    log lines and artifacts sent off the work's path, held through an API outage, waited for
+    a bounded time at the end); gpucnn's INFO lines let through (a deployment's flow run sets
+    no level)."""
     guard_standard_streams()
     show_info()
     with ways_out("flow parameters", keep_said=True), reporting.session():
@@ -116,6 +117,7 @@ def _train(
             prepare_data(cfg, str(folder.path))
             summary = train_model(cfg, str(folder.path))
             metrics = evaluate_model(cfg, str(folder.path), summary["best_checkpoint"])
+            reporting.flush()  # the bounded wait: what stays unsent is said in log.txt
         return {"run_dir": str(folder.path), **summary, "test": metrics, "already_finished": False}
 
 
@@ -196,11 +198,11 @@ def sweep_flow(
             name = trial_name(values, cfg)
             futures.append(run_trial.submit(cfg, output_dir, name, sorted(values)))
         rows = sorted((f.result() for f in futures), key=lambda r: -(r["test_accuracy"] or 0))
-    out = Path(output_dir)
-    ranked = recipe.record_sweep(out, rows)
-    create_table_artifact(
-        key="sweep-" + artifact_key(out.name, "trials"),
-        table=ranked,
-        description=f"sweep {out}: one row per trial, best first",
-    )
+        out = Path(output_dir)
+        ranked = recipe.record_sweep(out, rows)
+        reporting.table_artifact(
+            "sweep-" + artifact_key(out.name, "trials"),
+            ranked,
+            f"sweep {out}: one row per trial, best first",
+        )
     return rows

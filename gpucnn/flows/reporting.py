@@ -1,19 +1,26 @@
-"""A flow run's reports to Prefect's API, off training's path.
+"""A flow run's reports to Prefect's API, off the work's path.
 
-Training never waits for Prefect. While a flow runs (:func:`session`), its reports, gpucnn's
-log lines (epochs, early stopping, learning-rate changes, the device picked) and the run's
-progress artifact, are queued by the thread that makes them and sent by one thread of this
-process (:class:`Reporter`). When the API does not answer (its server stopped or
-restarting, the network gone), nothing is raised into training and nothing waits for it:
-one warning says so, the reports are held in memory (the newest MAX_HELD log lines, and
-only the latest progress), and they are sent, in order, when the API answers again; one
-line says that too. A flow run's end waits up to CLOSE_TIMEOUT_S for what is still held,
-then says what could not be sent (a training run's log.txt has every line anyway).
+Nothing gpucnn does waits for Prefect or fails because of it. While a flow runs
+(:func:`session`), its reports are queued by the thread that makes them and sent by one thread
+of this process (:class:`Reporter`): gpucnn's log lines (epochs, early stopping, learning-rate
+changes, the device picked) and the flow's and its tasks' own (Prefect's run loggers), the
+run's progress artifact, and the evaluation's table and summary artifacts
+(:func:`table_artifact`, :func:`markdown_artifact`). When the API does not answer (its
+server stopped or restarting, the network gone), nothing is raised and nothing waits for it:
+one warning says so, the reports are held in memory (the newest MAX_HELD log lines, every
+artifact, only the latest progress), and they are sent, in order, when the API answers
+again; one line says that too.
 
-gpucnn's lines reach the flow run's logs once each: in a session, Prefect's own API handler
-on the ``gpucnn`` logger (PREFECT_LOGGING_EXTRA_LOGGERS=gpucnn attaches one; it drops what
-it cannot send at once) steps aside and this module's handler sends them instead; with
-none, as in a deployment's flow run, this handler is what brings them there at all.
+At a flow run's end (:func:`flush`, and the last session's close) the reporter waits up to
+CLOSE_TIMEOUT_S (60 s) for the API to answer and sends what it holds; only then does it give
+up, saying how many log lines and which artifacts stayed unsent (a training run's log.txt
+has every line; its folder, the results the artifacts show).
+
+gpucnn's lines reach the flow run's logs once each: in a session, Prefect's own API handlers
+on the ``gpucnn`` logger (PREFECT_LOGGING_EXTRA_LOGGERS=gpucnn attaches one) and on its run
+loggers (which drop what they cannot send at once) step aside and this module's handler
+sends their lines instead; with none on ``gpucnn``, as in a deployment's flow run, this
+handler is what brings gpucnn's lines there at all.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import collections
 import contextlib
 import contextvars
 import itertools
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -36,42 +45,52 @@ MAX_HELD = 10_000  # log lines held while the API does not answer (the oldest dr
 BATCH_S = 0.5  # lines gather this long before they are sent together
 RETRY_S = (1.0, 2.0, 4.0, 5.0)  # waits between tries while the API does not answer
 REQUEST_TIMEOUT_S = 10.0  # per request of the reporter's client
-CLOSE_TIMEOUT_S = 10.0  # how long a flow run's end waits for reports still held
+CLOSE_TIMEOUT_S = 60.0  # how long a flow run's end waits for the API to take what is held
+# Prefect's loggers of flow and task runs: their API handlers step aside in a session
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 log = logging.getLogger("gpucnn.flows")
 
 
-class _Progress:
-    """One progress artifact: what was asked for, and what the API has."""
+class _Artifact:
+    """One artifact: what was asked for, and what the API has. A progress artifact is created,
+    then updated (only its latest value is sent); a table or markdown artifact is created once."""
 
-    def __init__(self, key: str, description: str, value: float, ids: tuple) -> None:
-        self.key, self.description, self.value = key, description, value
+    def __init__(self, key: str, kind: str, description: str, value: Any, ids: tuple) -> None:
+        self.key, self.kind, self.description, self.value = key, kind, description, value
         self.task_run_id, self.flow_run_id = ids
         self.artifact_id: Any = None  # known once created
-        self.sent: float | None = None
+        self.sent: Any = None
         self.refused = False  # the API refused it: not tried again
 
     @property
     def unsent(self) -> bool:
-        return not self.refused and (self.artifact_id is None or self.sent != self.value)
+        if self.refused:
+            return False
+        return self.artifact_id is None or (self.kind == "progress" and self.sent != self.value)
+
+    def __str__(self) -> str:
+        return f"the {self.kind} artifact {self.key!r}"
 
 
 class Reporter:
-    """Sends log lines and progress to Prefect's API from a thread of its own.
+    """Sends log lines and artifacts to Prefect's API from a thread of its own.
 
-    Its calls (:meth:`log`, :meth:`new_progress`, :meth:`set_progress`) only queue and return
-    at once; they never raise because of the API. The thread runs in a copy of the creating
-    thread's context, so it talks to the API that thread's settings name.
+    Its calls (:meth:`log`, :meth:`new_progress`, :meth:`set_progress`, :meth:`new_artifact`)
+    only queue and return at once; they never raise because of the API. The thread runs in a
+    copy of the creating thread's context, so it talks to the API that thread's settings name.
     """
 
     def __init__(self) -> None:
         self._wake = threading.Condition()
         self._lines: collections.deque[tuple[int, dict]] = collections.deque()
         self._numbers = itertools.count()
-        self._dropped = 0
-        self._progress: dict[int, _Progress] = {}
+        self._dropped = 0  # lines dropped (MAX_HELD) since the API last answered
+        self._artifacts: list[_Artifact] = []
         self._closing = False
         self._deadline = 0.0
+        self._said: tuple | None = None  # what the last "not sent" warning counted
+        self._waited = 0.0  # how long the flow run's end waited before that warning
         self.failing: str | None = None  # why the API does not answer, while it does not
         self._refusals = 0  # reports the API refused (the first is said)
         context = contextvars.copy_context()
@@ -88,45 +107,83 @@ class Reporter:
             if len(self._lines) > MAX_HELD:
                 self._lines.popleft()
                 self._dropped += 1
-            self._wake.notify()
+            self._wake.notify_all()
 
-    def new_progress(self, key: str, description: str, value: float, ids: tuple) -> _Progress:
+    def new_progress(self, key: str, description: str, value: float, ids: tuple) -> _Artifact:
         """Queue a progress artifact's creation; ``ids`` are its (task run, flow run) ids."""
-        state = _Progress(key, description, value, ids)
-        with self._wake:
-            self._progress[id(state)] = state
-            self._wake.notify()
-        return state
+        return self.new_artifact(key, "progress", value, description, ids)
 
-    def set_progress(self, state: _Progress, value: float) -> None:
+    def set_progress(self, state: _Artifact, value: float) -> None:
         """Queue a new value for a progress artifact (only the latest is sent)."""
         with self._wake:
             state.value = value
-            self._wake.notify()
+            self._wake.notify_all()
+
+    def new_artifact(
+        self, key: str, kind: str, data: Any, description: str, ids: tuple
+    ) -> _Artifact:
+        """Queue an artifact's creation: ``kind`` "table" (``data``: its rows as JSON text),
+        "markdown" (the text) or "progress" (a percentage); ``ids``: its (task run, flow run)
+        ids."""
+        state = _Artifact(key, kind, description, data, ids)
+        with self._wake:
+            self._artifacts.append(state)
+            self._wake.notify_all()
+        return state
+
+    def flush(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+        """Wait at most ``timeout`` seconds for everything queued so far to reach the API
+        (the tries go on meanwhile); True when it did. When it did not, a warning says what
+        stays unsent, and why; a later flush while the API still does not answer waits no
+        more (a flow run's end waits once)."""
+        with self._wake:
+            if self._said is not None and self.failing is not None:
+                timeout = 0.0  # given up once already, and the API still does not answer
+            else:
+                self._waited = timeout
+            self._wake.notify_all()
+            done = self._wake.wait_for(lambda: not self._pending(), timeout=timeout)
+            unsent = self._unsent()
+        if not done:
+            self._say_unsent(unsent)
+        return done
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S, quiet: bool = False) -> None:
-        """Send what is held, waiting at most ``timeout`` seconds, then stop; a warning says
-        what could not be sent (unless ``quiet``)."""
+        """Send what is held, waiting at most ``timeout`` seconds (as :meth:`flush`), then
+        stop; a warning says what could not be sent (unless ``quiet``)."""
+        if not quiet:
+            self.flush(timeout)
+            timeout = 0.0
         with self._wake:
             self._closing = True
             self._deadline = time.monotonic() + timeout
             self._wake.notify_all()
         self._thread.join(timeout + 0.5 if timeout > 0 else 0.1)  # a request may be under way
-        with self._wake:
-            lines = len(self._lines)
-            progress = sum(p.unsent for p in self._progress.values())
-        if (lines or progress) and not quiet:
-            log.warning(
-                "Prefect's API did not answer (%s): %d log line(s)%s not sent to the flow "
-                "run (a training run's log.txt has its lines)",
-                self.failing or f"no answer within {timeout:g} s",
-                lines,
-                " and the progress artifact" if progress else "",
-            )
 
     # -- the reporter's thread --------------------------------------------------------------
     def _pending(self) -> bool:
-        return bool(self._lines) or any(p.unsent for p in self._progress.values())
+        return bool(self._lines) or any(a.unsent for a in self._artifacts)
+
+    def _unsent(self) -> tuple[int, int, list[str]]:
+        """(lines held, lines dropped, artifacts unsent); called holding the lock."""
+        return len(self._lines), self._dropped, [str(a) for a in self._artifacts if a.unsent]
+
+    def _say_unsent(self, unsent: tuple[int, int, list[str]]) -> None:
+        lines, dropped, artifacts = unsent
+        if unsent == self._said or not (lines or artifacts):
+            return
+        self._said = unsent
+        what = [
+            f"{lines} log line(s)" + (f" (and {dropped} older ones dropped)" if dropped else "")
+        ]
+        log.warning(
+            "Prefect's API did not answer within %g s of the flow run's end (%s): %s not sent "
+            "to the flow run; a training run's log.txt has every line, and its folder the "
+            "results the artifacts show (metrics.json, history.json)",
+            self._waited,
+            self.failing or "no answer yet",
+            ", ".join(what + artifacts),
+        )
 
     def _run(self) -> None:
         tries = 0
@@ -137,9 +194,13 @@ class Reporter:
                 if not self._pending() or (self._closing and time.monotonic() >= self._deadline):
                     return
                 lines = list(itertools.islice(self._lines, 500))
-                progress = [p for p in self._progress.values() if p.unsent]
-                dropped, self._dropped = self._dropped, 0
-            error = self._send(lines, progress)
+                artifacts = [a for a in self._artifacts if a.unsent]
+                dropped = self._dropped
+            error = self._send(lines, artifacts)
+            with self._wake:
+                self._wake.notify_all()  # a flush waiting sees what was sent
+                if error is None:
+                    self._dropped -= dropped
             if error is None:
                 if self.failing is not None:
                     log.info(
@@ -149,13 +210,11 @@ class Reporter:
                     self.failing, tries = None, 0
                 pause = BATCH_S
             else:
-                with self._wake:
-                    self._dropped += dropped
                 if self.failing is None:
                     self.failing = error
                     log.warning(
-                        "Prefect's API does not answer (%s); training goes on, and its log "
-                        "lines and progress are held until the API answers again",
+                        "Prefect's API does not answer (%s); the run goes on, and its log "
+                        "lines and artifacts are held until the API answers again",
                         error,
                     )
                 pause = RETRY_S[min(tries, len(RETRY_S) - 1)]
@@ -173,7 +232,7 @@ class Reporter:
             while self._lines and self._lines[0][0] <= last:
                 self._lines.popleft()
 
-    def _send(self, lines: list[tuple[int, dict]], progress: list[_Progress]) -> str | None:
+    def _send(self, lines: list[tuple[int, dict]], artifacts: list[_Artifact]) -> str | None:
         """One round of requests on a fresh client (a refused connection fails at once,
         instead of being retried for a minute as a long-lived client is); None when the API
         answered, else why not. What the API refuses (a 4xx answer: it will not change its
@@ -201,14 +260,14 @@ class Reporter:
                         if not refused(exc, f"{len(lines)} log line(s)"):
                             raise
                     self._sent(lines)  # before the artifacts: a failure there resends nothing
-                for state in progress:
+                for state in artifacts:
                     value = state.value
                     try:
                         if state.artifact_id is None:
                             state.artifact_id = client.create_artifact(
                                 ArtifactCreate(
                                     key=state.key,
-                                    type="progress",
+                                    type=state.kind,
                                     description=state.description,
                                     data=value,
                                     task_run_id=state.task_run_id,
@@ -218,7 +277,7 @@ class Reporter:
                         else:
                             client.update_artifact(state.artifact_id, ArtifactUpdate(data=value))
                     except Exception as exc:
-                        if not refused(exc, f"the progress artifact {state.key!r}"):
+                        if not refused(exc, str(state)):
                             raise
                         state.refused = True
                     state.sent = value
@@ -228,7 +287,7 @@ class Reporter:
 
 
 class _Forward(logging.Handler):
-    """Hands gpucnn's log records made inside a flow or task run to the reporter."""
+    """Hands the log records made inside a flow or task run to the reporter."""
 
     def __init__(self, reporter: Reporter) -> None:
         from prefect.logging.handlers import APILogHandler
@@ -262,6 +321,7 @@ class _Open:
         self.handler = _Forward(self.reporter)
         self.aside = _api_handlers()
         self.sessions = 0
+        self.loggers: list[logging.Logger] = []  # those the handler is on
 
     def attach(self) -> None:
         from prefect.settings import get_current_settings
@@ -269,10 +329,15 @@ class _Open:
         for lg, h in self.aside:
             lg.removeHandler(h)
         if get_current_settings().logging.to_api.enabled:
-            logging.getLogger(LOGGER).addHandler(self.handler)
+            # gpucnn's, and Prefect's run loggers whose API handler stepped aside
+            self.loggers = [logging.getLogger(LOGGER)]
+            self.loggers += [lg for lg, _ in self.aside if lg.name in PREFECT_RUN_LOGGERS]
+            for lg in self.loggers:
+                lg.addHandler(self.handler)
 
     def detach(self) -> None:
-        logging.getLogger(LOGGER).removeHandler(self.handler)
+        for lg in self.loggers:
+            lg.removeHandler(self.handler)
         for lg, h in self.aside:
             lg.addHandler(h)
 
@@ -282,10 +347,11 @@ _open_guard = threading.Lock()
 
 
 def _api_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
-    """Prefect's API handlers on gpucnn's loggers (the extra-loggers setting's)."""
+    """Prefect's API handlers on gpucnn's loggers (the extra-loggers setting's) and on
+    Prefect's run loggers."""
     from prefect.logging.handlers import APILogHandler
 
-    loggers = [logging.getLogger(LOGGER)] + [
+    loggers = [logging.getLogger(n) for n in (LOGGER, *PREFECT_RUN_LOGGERS)] + [
         v
         for k, v in list(logging.Logger.manager.loggerDict.items())
         if k.startswith(LOGGER + ".") and isinstance(v, logging.Logger)
@@ -296,8 +362,9 @@ def _api_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
 @contextlib.contextmanager
 def session() -> Iterator[Reporter]:
     """Report through one :class:`Reporter` while the block runs (sessions nest and may
-    overlap in threads: one reporter per process, closed when the last session ends). Leaving
-    by an interrupt (Ctrl-C, SIGTERM: not an Exception) waits for nothing and says nothing."""
+    overlap in threads: one reporter per process, closed when the last session ends, after
+    waiting up to CLOSE_TIMEOUT_S for what it holds). Leaving by an interrupt (Ctrl-C,
+    SIGTERM: not an Exception) waits for nothing and says nothing."""
     global _open
     with _open_guard:
         if _open is None:
@@ -330,6 +397,39 @@ def current() -> Reporter | None:
         return _open.reporter if _open is not None else None
 
 
+def flush(timeout: float = CLOSE_TIMEOUT_S) -> bool:
+    """A flow run's end: wait at most ``timeout`` seconds for the open session's reporter to
+    send what it holds (see :meth:`Reporter.flush`: a warning says what stays unsent). Call
+    it where the run's log.txt still takes that warning. True when all was sent (or there is
+    no session)."""
+    reporter = current()
+    return True if reporter is None else reporter.flush(timeout)
+
+
+def _artifact(key: str, kind: str, data: str, description: str) -> None:
+    from prefect.utilities.context import get_task_and_flow_run_ids
+
+    with session() as reporter:  # the flow's, when it has one
+        reporter.new_artifact(key, kind, data, description, get_task_and_flow_run_ids())
+
+
+def table_artifact(key: str, table: list[dict[str, Any]], description: str) -> None:
+    """Queue a table artifact of the current flow or task run, as Prefect's
+    create_table_artifact makes it (NaN shown as empty), sent by the session's reporter:
+    never raising because of the API, never waiting for it (outside a session, the one opened
+    for it waits at its close)."""
+    rows = [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in table
+    ]
+    _artifact(key, "table", json.dumps(rows), description)
+
+
+def markdown_artifact(key: str, markdown: str, description: str) -> None:
+    """Queue a markdown artifact of the current flow or task run (as :func:`table_artifact`)."""
+    _artifact(key, "markdown", markdown, description)
+
+
 class ProgressArtifact(Callback):
     """A Prefect progress artifact of the epochs completed, updated after every epoch.
 
@@ -342,7 +442,7 @@ class ProgressArtifact(Callback):
 
     def __init__(self, epochs: int, run_name: str) -> None:
         self.epochs, self.run_name = epochs, run_name
-        self.state: _Progress | None = None
+        self.state: _Artifact | None = None
         self.reporter: Reporter | None = None
 
     def on_train_begin(self, trainer: Any) -> None:

@@ -1,8 +1,9 @@
 """The pipeline's tasks. Each is a short call into gpucnn taking paths and configs (never
 arrays: Prefect hashes task inputs). Only the download retries, and only on transient network
 failures; typed errors (bad data, a NaN loss, a bad checkpoint) fail at once. Artifacts carry
-stable keys per run, so a re-run updates them. Nothing on training's path calls Prefect's API
-itself (see gpucnn.flows.reporting).
+stable keys per run, so a re-run updates them. No task calls Prefect's API itself: log lines
+and artifacts go through the flow's reporting session (gpucnn.flows.reporting), so an API that
+stops answering never stalls or fails a task.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from gpucnn import data
 from gpucnn.flows import reporting
@@ -130,23 +130,19 @@ def evaluate_model(
     metrics = recipe.evaluate_run(config, run, checkpoint, name=name)
     what = "" if name is None else f"{name}-"
     shown = run.name if name is None else f"{run.name} ({Path(checkpoint).name})"
-    create_table_artifact(
-        key=artifact_key(run.name, f"{what}per-class-accuracy"),
-        table=[
-            {"class": c, "accuracy": round(a, 4)} for c, a in metrics["per_class_accuracy"].items()
-        ],
-        description=f"{shown}: per-class test accuracy",
+    reporting.table_artifact(
+        artifact_key(run.name, f"{what}per-class-accuracy"),
+        [{"class": c, "accuracy": round(a, 4)} for c, a in metrics["per_class_accuracy"].items()],
+        f"{shown}: per-class test accuracy",
     )
     history_path = run / "history.json"
     curve = _epoch_table(json.loads(history_path.read_text())) if history_path.exists() else ""
-    create_markdown_artifact(
-        key=artifact_key(run.name, f"{what}summary"),
-        markdown=(
-            f"# {shown}\n\n**test accuracy {metrics['accuracy']:.4f}** "
-            f"(loss {metrics['loss']:.4f}, top-3 {metrics['top3_accuracy']:.4f}, "
-            f"{metrics['samples']} images)\n\nrun folder: `{run}`\n\n## Per epoch\n\n{curve}\n"
-        ),
-        description=f"{shown}: summary",
+    reporting.markdown_artifact(
+        artifact_key(run.name, f"{what}summary"),
+        f"# {shown}\n\n**test accuracy {metrics['accuracy']:.4f}** "
+        f"(loss {metrics['loss']:.4f}, top-3 {metrics['top3_accuracy']:.4f}, "
+        f"{metrics['samples']} images)\n\nrun folder: `{run}`\n\n## Per epoch\n\n{curve}\n",
+        f"{shown}: summary",
     )
     get_run_logger().info(
         "test accuracy %.4f on %d images", metrics["accuracy"], metrics["samples"]

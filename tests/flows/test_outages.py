@@ -1,7 +1,8 @@
 """Training outlives its orchestrator, with real parts: `python -m gpucnn.flows.train` against
-a real Prefect server that is stopped mid-training for longer than the client's retries and
-then started again, and a training command whose standard output, a pipe, is closed by its
-reader mid-run (as when the Prefect worker streaming it is killed)."""
+a real Prefect server that is stopped mid-training, stays away across the end of training and
+evaluation for longer than the client's retries, and is started again; and a training command
+whose standard output, a pipe, is closed by its reader mid-run (as when the Prefect worker
+streaming it is killed)."""
 
 from __future__ import annotations
 
@@ -154,14 +155,20 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 LIMIT, EPOCHS = 2000, 4
 RETRIES = 1  # the training command's Prefect client: one retry, after 2 s (+-20%)
+AWAY_AFTER_THE_END_S = 15.0  # past the client's retries, well inside the end's 60 s wait
 
 
 @pytest.mark.slow
-def test_training_outlives_a_prefect_server_outage(mnist_root, migrated_database, tmp_path):
-    """The server goes away after epoch 1 and stays away until epoch 2 is committed and the
-    client's retries are long over: training goes on at its pace, every epoch's checkpoint is
-    written, the run completes (the server back) and equals a run with no Prefect at all;
-    the flow run's stored logs have every epoch line once, those of the outage included."""
+def test_a_run_outlives_a_prefect_server_outage_across_its_end(
+    mnist_root, migrated_database, tmp_path
+):
+    """The server goes away after epoch 1 and stays away through the rest of training and the
+    evaluation, and for AWAY_AFTER_THE_END_S more (the client's retries long over): training
+    goes on at its pace, every epoch's checkpoint is written, the evaluation's artifacts are
+    held, and the flow's end waits for the server; back, it gets everything: the flow run
+    ends Completed, its stored logs have every epoch line once (the outage's included) and
+    the flow's own lines, its artifacts are there, its tasks Completed; the run equals a run
+    with no Prefect at all."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -204,24 +211,24 @@ def test_training_outlives_a_prefect_server_outage(mnist_root, migrated_database
             time.sleep(0.05)
         server.stop(first=True)
         down = time.monotonic()
-        # away until epoch 2 is committed and the client's retries (2 s, +20%) are over
-        seen, second = set(), None
-        while second is None or time.monotonic() - second < 3.0:
-            epoch = committed_epoch(run)
-            seen.add(epoch)
-            if epoch >= 2 and second is None:
-                second = time.monotonic()
-            if train.poll() is not None or time.monotonic() - down > 60:
-                break
+        # away through training and evaluation, and AWAY_AFTER_THE_END_S past them
+        seen, evaluated = set(), None
+        while evaluated is None or time.monotonic() - evaluated < AWAY_AFTER_THE_END_S:
+            seen.add(committed_epoch(run))
+            if evaluated is None and (run / "metrics.json").exists():
+                evaluated = time.monotonic()
+            assert train.poll() is None, output()  # the flow's end waits for the server
+            assert time.monotonic() - down < 240, output()
             time.sleep(0.05)
         outage = time.monotonic() - down
         restart = server.start()
-        code = train.wait(timeout=300)
+        code = train.wait(timeout=120)
         assert code == 0, output()
         assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
-        assert 2 in seen, f"no epoch committed during the {outage:.1f} s outage: {sorted(seen)}"
+        assert {2, EPOCHS} <= seen, f"epochs committed during the {outage:.1f} s outage: {seen}"
         assert committed_epoch(run) == EPOCHS
         assert "Prefect's API does not answer" in output()
+        assert "not sent" not in output(), output()
         assert_same_run(run, tmp_path / "reference")
         text = (run / "log.txt").read_text()
         for epoch in range(1, EPOCHS + 1):
@@ -229,6 +236,7 @@ def test_training_outlives_a_prefect_server_outage(mnist_root, migrated_database
 
         # what the flow run left in Prefect, the server back
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
@@ -238,7 +246,10 @@ def test_training_outlives_a_prefect_server_outage(mnist_root, migrated_database
                 if r.parameters.get("output_dir") == str(tmp_path / "runs")
             ]
             messages = [m.message for m in flow_run_logs(client, flow_run.id)]
-            latest = client.read_latest_artifacts(limit=200)
+            latest = {a.key: a for a in client.read_latest_artifacts(limit=200)}
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            )
     finally:
         if train is not None and train.poll() is None:
             train.kill()
@@ -248,8 +259,12 @@ def test_training_outlives_a_prefect_server_outage(mnist_root, migrated_database
     for epoch in range(1, EPOCHS + 1):
         found = [m for m in messages if m.startswith(f"epoch {epoch}/{EPOCHS} ")]
         assert len(found) == 1, (epoch, messages)
-    (progress,) = [a for a in latest if a.key == "outage-progress"]
-    assert float(progress.data) == 100.0
+    assert len([m for m in messages if m.startswith("test accuracy ")]) == 1, messages
+    assert float(latest["outage-progress"].data) == 100.0
+    assert latest["outage-per-class-accuracy"].type == "table", latest
+    assert "test accuracy" in latest["outage-summary"].data
+    states = {t.name: t.state_type.value for t in tasks}
+    assert states["train-model"] == states["evaluate-model"] == "COMPLETED", states
     print(f"outage {outage:.1f} s, restart {restart:.1f} s")  # shown with -s
 
 
