@@ -6,9 +6,12 @@ Deployment entrypoints (flows/prefect.yaml): gpucnn/flows/pipeline.py:train_flow
 
 Every flow runs inside :func:`flow_run_scope`: Prefect's API may stop answering and the
 console may go away (a worker killed) without stalling or ending it (its end waits a bounded
-time for the API to take what was held), and a refusal's way
-out names the flow's parameters (``overwrite=true``) unless the command line calling it
-names its flags. A training run's lines are also kept in its folder's log.txt.
+time for the API to take what was held), a run folder it holds names it (its flow run's name
+and id) to anyone refused, and a refusal's way out names the flow's parameters
+(``overwrite=true``) unless the command line calling it names its flags. A refused run (its
+folder in use, or holding another config) ends Failed with the refusal as its state's
+message, without a crash's traceback. A training run's lines are also kept in its folder's
+log.txt.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.context import FlowRunContext
+from prefect.states import Failed, State
 
 from gpucnn.cli.config import checkpoint_config, expand_grid
 from gpucnn.flows import reporting
@@ -29,11 +34,13 @@ from gpucnn.train.checkpoint import load_checkpoint
 from gpucnn.train.config import TrainConfig
 from gpucnn.train.runs import (
     RunFolder,
+    RunFolderError,
     artifact_key,
     check_run_name,
     config_digest,
     default_run_name,
     evaluation_of,
+    held_as,
     plural,
     way_out,
     ways_out,
@@ -47,14 +54,24 @@ RUN_LOGGERS = ("gpucnn", "prefect.flow_runs", "prefect.task_runs")
 def flow_run_scope() -> Iterator[None]:
     """What a flow's body runs in: standard streams whose going away ends nothing
     (gpucnn.logs.guard_standard_streams), ways out said as the flow's parameters unless the
-    command line calling it said its flags, and a reporting session (gpucnn.flows.reporting:
-    log lines and artifacts sent off the work's path, held through an API outage, waited for
-    a bounded time at the end); gpucnn's INFO lines let through (a deployment's flow run sets
-    no level)."""
+    command line calling it said its flags, run folders claimed in the flow run's name, and
+    a reporting session (gpucnn.flows.reporting: log lines and artifacts sent off the work's
+    path, held through an API outage, waited for a bounded time at the end); gpucnn's INFO
+    lines let through (a deployment's flow run sets no level)."""
     guard_standard_streams()
     show_info()
-    with ways_out("flow parameters", keep_said=True), reporting.session():
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    who = f"flow run {run.name!r} ({run.id})" if run is not None else None
+    with ways_out("flow parameters", keep_said=True), held_as(who), reporting.session():
         yield
+
+
+def refused(exc: RunFolderError) -> State:
+    """How a flow run refused its run folder (in use, another config) ends: Failed, with the
+    refusal as its message and no crash's traceback in its logs (a Python caller of the flow
+    gets ``exc`` raised, as from any failed flow)."""
+    return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
 
 
 @flow(name="gpucnn-train", log_prints=True)
@@ -84,7 +101,10 @@ def train_flow(
         The run folder, the training summary, the test metrics, and ``already_finished``.
     """
     with flow_run_scope():
-        return _train(config, output_dir, run_name, overwrite)
+        try:
+            return _train(config, output_dir, run_name, overwrite)
+        except RunFolderError as exc:
+            return refused(exc)
 
 
 def _train(
@@ -142,9 +162,13 @@ def evaluate_flow(
     """
     cfg = checkpoint_config(load_checkpoint(checkpoint).config, data_dir, mirrors)
     run_dir, name = evaluation_of(checkpoint, output_dir, update_run)
-    with flow_run_scope(), RunFolder(run_dir).claim(instead="output_dir"):
-        download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors, cfg.data_options())
-        return evaluate_model(cfg, str(run_dir), str(Path(checkpoint).resolve()), name)
+    with flow_run_scope():
+        try:
+            with RunFolder(run_dir).claim(instead="output_dir"):
+                download_dataset(cfg.dataset, cfg.data_dir, cfg.mirrors, cfg.data_options())
+                return evaluate_model(cfg, str(run_dir), str(Path(checkpoint).resolve()), name)
+        except RunFolderError as exc:
+            return refused(exc)
 
 
 @task(task_run_name="trial-{run_name}")

@@ -3,11 +3,14 @@
 - **Names** are single path components (no separators, "..", control characters or a leading
   dot), so ``--run-name`` can never write outside ``--output-dir``.
 - **Ownership**: :meth:`RunFolder.claim` holds an exclusive ``flock`` on ``<run>/.lock`` for
-  the run's life; a second process fails at once, naming the holder's PID. The file is
+  the run's life; a second process fails at once, naming the holder as the user knows it:
+  the flow run (its name and id) when a flow holds the folder (:func:`held_as`, which
+  gpucnn.flows sets), with its process and host, else the process and host. The file is
   removed when the claim ends, so it is there only while a process holds it; the kernel
   drops the lock when its holder dies, SIGKILL included, so a file a killed holder left is
   no obstacle (the next claim takes it, and removes it in turn). Claims nest within one
-  process (the CLI claims, then the flow and the recipe claim again).
+  process (the CLI claims, then the flow and the recipe claim again; a flow's claim inside
+  the CLI's names its flow run while it lasts).
 - **One config**: ``config.json`` records the run's TrainConfig; resuming with a config that
   differs in anything but the fields a resumed run may change (RESUMABLE) is refused, naming
   the fields, instead of silently mixing two runs in one folder.
@@ -73,8 +76,12 @@ WAYS_OUT = {
     },
 }
 _ways_out: contextvars.ContextVar[str | None] = contextvars.ContextVar("ways_out", default=None)
+# who holds the folders claimed in this context, as the user knows it (a flow run), if not
+# only this process
+_holder: contextvars.ContextVar[str | None] = contextvars.ContextVar("holder", default=None)
 
-_held: dict[Path, list] = {}  # run folder -> [open lock file, claims]: this process's claims
+# run folder -> [open lock file, claims, who it names]: this process's claims
+_held: dict[Path, list] = {}
 _held_guard = threading.Lock()
 
 
@@ -98,6 +105,30 @@ def ways_out(where: str, keep_said: bool = False) -> Iterator[None]:
         yield
     finally:
         _ways_out.reset(token)
+
+
+@contextlib.contextmanager
+def held_as(who: str | None) -> Iterator[None]:
+    """Name the holder of the folders claimed in this block as ``who`` (a flow run:
+    ``"flow run 'name' (id)"``), beside its process and host; a folder this process holds
+    already (the command line's claim around its flow) names ``who`` until the block's
+    claim of it ends. None changes nothing."""
+    if who is None:
+        yield
+        return
+    token = _holder.set(who)
+    try:
+        yield
+    finally:
+        _holder.reset(token)
+
+
+def _holder_now() -> str:
+    """This process's description in a lock file: the holder :func:`held_as` names, its
+    process and host."""
+    where = f"process {os.getpid()} on {socket.gethostname()}"
+    who = _holder.get()
+    return f"{who} in {where}" if who else where
 
 
 def start_over() -> str:
@@ -156,6 +187,14 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def _write_holder(f: Any, who: str) -> None:
+    """Say in the held lock file ``f`` who holds it, and since when."""
+    f.seek(0)
+    f.truncate()
+    f.write(f"{who} since {time.ctime()}\n")
+    f.flush()
+
+
 class RunFolder:
     """The folder of one training run (see the module docstring)."""
 
@@ -165,7 +204,8 @@ class RunFolder:
 
     # -- ownership -----------------------------------------------------------------------
     def holder(self) -> str:
-        """Who holds the lock, as its lock file says ("PID on HOST since TIME")."""
+        """Who holds the lock, as its lock file says ("[flow run 'NAME' (ID) in] process PID
+        on HOST since TIME")."""
         try:
             return self.lock_path.read_text().strip() or "an unknown process"
         except OSError:
@@ -181,26 +221,37 @@ class RunFolder:
                 "run_name" for a training run, "output_dir" for an evaluation or a sweep).
 
         Raises:
-            RunFolderError: another process holds it (the message names its PID).
+            RunFolderError: another process holds it (the message names the holder: its flow
+                run, process and host).
         """
         key = self.path.resolve()
+        who = _holder_now()
+        restore = None
         with _held_guard:
             if key in _held:
-                _held[key][1] += 1
+                held = _held[key]
+                held[1] += 1
                 entry = None
+                if _holder.get() is not None and held[2] != who:  # a flow run in a CLI claim
+                    restore, held[2] = held[2], who
+                    _write_holder(held[0], who)
             else:
-                entry = self._lock(instead)
-                _held[key] = [entry[0], 1]
+                entry = self._lock(instead, who)
+                _held[key] = [entry[0], 1, who]
         try:
             yield self
         finally:
             with _held_guard:
-                _held[key][1] -= 1
-                if _held[key][1] == 0:
-                    f = _held.pop(key)[0]
-                    self._unlock(f, made=entry[1] if entry else False)
+                held = _held[key]
+                held[1] -= 1
+                if held[1] == 0:
+                    _held.pop(key)
+                    self._unlock(held[0], made=entry[1] if entry else False)
+                elif restore is not None:
+                    held[2] = restore
+                    _write_holder(held[0], restore)
 
-    def _lock(self, instead: str = "run_name") -> tuple[Any, bool]:
+    def _lock(self, instead: str = "run_name", who: str | None = None) -> tuple[Any, bool]:
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         while True:
@@ -224,10 +275,7 @@ class RunFolder:
             if same:
                 break
             f.close()
-        f.seek(0)
-        f.truncate()
-        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
-        f.flush()
+        _write_holder(f, who or _holder_now())
         return f, made
 
     def _unlock(self, f: Any, made: bool) -> None:

@@ -1,8 +1,15 @@
 """A refusal's way out is said as the user gives it: a flow's parameters (``overwrite=true``,
 ``run_name=...``) to a deployment's or a script's flow run, the flags (``--overwrite``,
-``--run-name``) on the command line, also when the refusal comes from inside the flow."""
+``--run-name``) on the command line, also when the refusal comes from inside the flow. The
+holder of a folder in use is named as the user knows it: the flow run holding it, by name and
+id. A refused flow run ends Failed with the refusal as its message, and no traceback."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +64,67 @@ def test_a_flow_run_on_a_folder_in_use_names_the_run_name_parameter(tmp_path):
     message = str(caught.value)
     assert f"in use by process {holder.pid}" in message
     assert message.endswith("or choose another run_name=..."), message
+
+
+# Holds a run folder as the command line does: the process claims it, then its flow run
+# claims it again inside; prints the flow run's name and id, and holds until stdin closes
+FLOW_HOLDER = """
+import sys
+from prefect import flow
+from prefect.runtime import flow_run
+from gpucnn.flows.pipeline import flow_run_scope
+from gpucnn.train.runs import RunFolder
+
+@flow(name="gpucnn-holder")
+def hold(path):
+    with flow_run_scope(), RunFolder(path).claim():
+        print(flow_run.get_name(), flow_run.get_id(), flush=True)
+        sys.stdin.read()
+
+with RunFolder(sys.argv[1]).claim():
+    hold(sys.argv[1])
+"""
+
+
+def test_a_folder_held_by_a_flow_run_is_refused_naming_it_without_a_traceback(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL
+
+    from gpucnn.flows.pipeline import train_flow
+    from tests.flows.test_reporting import flow_run_logs
+
+    folder = tmp_path / "runs" / "r"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FLOW_HOLDER, str(folder)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        name, run_id = holder.stdout.readline().split()
+        state = train_flow(
+            config=QUICK, output_dir=str(tmp_path / "runs"), run_name="r", return_state=True
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert state.is_failed(), state
+    assert state.message.startswith(
+        f"RunFolderError: run folder {folder} is in use by flow run '{name}' ({run_id}) in "
+        f"process {holder.pid} on "
+    ), state.message
+    assert state.message.endswith("or choose another run_name=..."), state.message
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(state.state_details.flow_run_id).state
+    assert stored.is_failed() and stored.message == state.message
+    APILogWorker.drain_all(timeout=10)  # what Prefect's own handler sent, if anything
+    logs = "\n".join(flow_run_logs(state.state_details.flow_run_id))
+    assert "Traceback" not in logs and "Encountered exception" not in logs, logs
+    with pytest.raises(RunFolderError, match="is in use by flow run"):  # as a Python call
+        state.result()
 
 
 @pytest.fixture

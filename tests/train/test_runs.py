@@ -5,6 +5,8 @@ last.npz, one owner per folder, one config per folder, names that stay inside th
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,6 +126,48 @@ def test_a_second_process_cannot_claim_a_folder_in_use(tmp_path):
         assert time.perf_counter() - t0 < 1
     with RunFolder(tmp_path / "r").claim():  # the kernel dropped the dead holder's lock
         pass
+
+
+def test_a_refusal_names_the_flow_run_holding_the_folder(tmp_path):
+    """A flow holds the folder (gpucnn.flows names it with held_as), here inside its process's
+    own claim, as the command line holds it around its flow: a second process is told the
+    flow run, its process and its host; when the flow's claim ends, the process again."""
+    import socket
+
+    held = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom pathlib import Path\n"
+         "from gpucnn.train.runs import RunFolder, held_as\n"
+         f"folder = RunFolder({str(tmp_path / 'r')!r})\n"
+         "with folder.claim():\n"
+         "    with held_as(\"flow run 'brave-fox' (1234)\"), folder.claim():\n"
+         f"        Path({str(held)!r}).write_text('flow')\n"
+         "        sys.stdin.readline()\n"
+         f"    Path({str(held)!r}).write_text('process')\n"
+         "    sys.stdin.readline()\n"],
+        cwd=ROOT, stdin=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def refusal(stage: str) -> str:
+        deadline = time.monotonic() + 60
+        while not (held.exists() and held.read_text() == stage):
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(RunFolderError) as caught:
+            with RunFolder(tmp_path / "r").claim():
+                pass
+        return str(caught.value)
+
+    try:
+        where = f"process {holder.pid} on {socket.gethostname()} since "
+        assert f"is in use by flow run 'brave-fox' (1234) in {where}" in refusal("flow")
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert f"is in use by {where}" in refusal("process")
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_claims_nest_in_one_process_and_an_unused_new_folder_goes_again(tmp_path):
