@@ -26,16 +26,24 @@ from gpucnn.flows import local_api
 from gpucnn.logs import show_info
 
 
+HEARTBEAT_S = "30"  # seconds between a flow run's heartbeats (Prefect's least)
+
+
 def start_prefect() -> None:
-    """Telemetry off, gpucnn's INFO lines in Prefect's logs (the ``gpucnn`` logger is attached
-    to them, for processes started from here such as Dask workers too, and set to INFO; in
-    this process a flow's reporting session sends them instead), and an API: the server
+    """Telemetry off, flow-run heartbeats every HEARTBEAT_S seconds (unless
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY says otherwise: an automation on the server marks a run
+    whose heartbeats stop Crashed, see flows/automations.yaml), gpucnn's INFO lines in
+    Prefect's logs (the ``gpucnn`` logger is attached to them, for processes started from
+    here such as Dask workers too, and set to INFO; in this process a flow's reporting
+    session sends them instead), and an API: the server
     PREFECT_API_URL names, or Prefect's local server, launched now (gpucnn.flows.local_api:
     its start overlaps with what the command does next; :func:`prefect_ready` waits for it).
     The local server gets 90 s to start (Prefect's 20 s is short on a busy 2-core machine).
     Imports Prefect, saying so first in one line (its start takes seconds, more with a local
     server to launch)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if "PREFECT_RUNNER_HEARTBEAT_FREQUENCY" not in os.environ:  # Prefect's older name
+        os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", HEARTBEAT_S)
     extra = [n for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if n]
     if "gpucnn" not in extra:
         os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join([*extra, "gpucnn"])

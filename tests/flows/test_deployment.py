@@ -2,7 +2,8 @@
 PREFECT_HOME), a process work pool, `prefect deploy` of flows/prefect.yaml, a worker, and
 run_deployment; the run must complete, leave metrics in its run folder and its epoch lines in
 the flow run's logs (no PREFECT_LOGGING_EXTRA_LOGGERS, as a user's worker has none), and a
-refused second run must name the way out as the deployment's parameters."""
+refused second run must name the way out as the deployment's parameters, with one traceback
+at most in the worker's console. The deployments set the flow runs' heartbeats (every 30 s)."""
 
 from __future__ import annotations
 
@@ -142,6 +143,8 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
             "    while not all(r.state.is_final() for r in runs) and time.time() < deadline:\n"
             "        time.sleep(1)\n"
             "        runs = [client.read_flow_run(r.id) for r in runs]\n"
+            "    deployment = client.read_deployment_by_name('gpucnn-train/train')\n"
+            "    out.append(deployment.job_variables)\n"
             "    for r in runs:\n"
             "        logs = client.read_logs(log_filter=LogFilter(flow_run_id="
             "LogFilterFlowRunId(any_=[r.id])), limit=200)\n"
@@ -168,7 +171,8 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
         stdout, stderr = running.communicate(timeout=660)
         worker_log = (tmp_path / "worker.log").read_text()
         assert running.returncode == 0, stderr + worker_log[-3000:]
-        done, refused = json.loads(stdout.splitlines()[-1])
+        job_variables, done, refused = json.loads(stdout.splitlines()[-1])
+        assert job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30", job_variables
 
         assert done["state"] == ["COMPLETED", "Completed"], (done, worker_log[-3000:])
         metrics = json.loads((runs / "deployed" / "metrics.json").read_text())
@@ -183,6 +187,8 @@ def test_deployment_run_completes_against_a_local_server(mnist_mirror, tmp_path)
         message = refused["message"]
         assert "another config" in message and "overwrite=true" in message, refused
         assert "run_name=..." in message and "--overwrite" not in message, refused
+        assert message.startswith("RunFolderError: "), refused  # a refusal, not a crash
+        assert worker_log.count("Traceback (most recent call last)") <= 1, worker_log
     finally:
         for p in reversed(procs):
             stop(p)
