@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None, prog: str = "gpucnn train") -> int:
         with folder.claim():  # held until the flow ends; another process fails at once
             result = None if overwrite else folder.finished_result()
             if result is None:
-                from gpucnn.flows.cli import prefect_ready, start_prefect
+                from gpucnn.flows.cli import api_gone_at_the_end, prefect_ready, start_prefect
 
                 start_prefect()  # its local API starts while the data is verified
                 verify_data([config])
@@ -91,12 +91,15 @@ def main(argv: list[str] | None = None, prog: str = "gpucnn train") -> int:
 
                 # open around the flow: Prefect's records after it (a crash) reach log.txt
                 with run_log(folder.path / "log.txt", RUN_LOGGERS):
-                    result = train_flow(
-                        config=config,
-                        output_dir=args.output_dir,
-                        run_name=name,
-                        overwrite=overwrite,
-                    )
+                    try:
+                        result = train_flow(
+                            config=config,
+                            output_dir=args.output_dir,
+                            run_name=name,
+                            overwrite=overwrite,
+                        )
+                    except Exception as exc:  # the work done, Prefect's API gone at its end?
+                        result = api_gone_at_the_end(exc, folder)
         test = result["test"]
         if result["already_finished"]:
             print(

@@ -25,7 +25,6 @@ from gpucnn.cli import run
 from gpucnn.flows import local_api
 from gpucnn.logs import show_info
 
-
 HEARTBEAT_S = "30"  # seconds between a flow run's heartbeats (Prefect's least)
 
 
@@ -111,6 +110,25 @@ class _QuietAfterInterrupt(logging.Filter):
         if exc is not None and run.interrupt_status(exc) is not None:
             return False
         return not any(about in record.getMessage() for about in self._about)
+
+
+def api_gone_at_the_end(exc: Exception, folder) -> dict:
+    """The result of a run whose flow raised ``exc`` because Prefect's API stopped answering
+    (beyond the flow's bounded wait: its final state could not be recorded) after the run
+    had finished; anything else is raised again. One line says what Prefect was not told."""
+    import httpx
+
+    result = folder.finished_result()
+    if result is None or not isinstance(exc, httpx.TransportError):
+        raise exc
+    result["already_finished"] = False
+    print(
+        f"warning: Prefect's API did not answer at the flow run's end ({type(exc).__name__}: "
+        f"{exc}); its final state was not recorded, but the run is complete: its results are "
+        f"in {result['run_dir']} and its lines in {folder.path / 'log.txt'}",
+        file=sys.stderr,
+    )
+    return result
 
 
 def quiet_expected_tracebacks() -> None:

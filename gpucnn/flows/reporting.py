@@ -89,8 +89,8 @@ class Reporter:
         self._artifacts: list[_Artifact] = []
         self._closing = False
         self._deadline = 0.0
-        self._said: tuple | None = None  # what the last "not sent" warning counted
         self._waited = 0.0  # how long the flow run's end waited before that warning
+        self._gave_up = False  # a flush gave up, and the API has not answered since
         self.failing: str | None = None  # why the API does not answer, while it does not
         self._refusals = 0  # reports the API refused (the first is said)
         context = contextvars.copy_context()
@@ -134,17 +134,19 @@ class Reporter:
     def flush(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
         """Wait at most ``timeout`` seconds for everything queued so far to reach the API
         (the tries go on meanwhile); True when it did. When it did not, a warning says what
-        stays unsent, and why; a later flush while the API still does not answer waits no
-        more (a flow run's end waits once)."""
+        stays unsent, and why; until the API answers again, a later flush waits no more (a
+        flow run's end waits once)."""
         with self._wake:
-            if self._said is not None and self.failing is not None:
-                timeout = 0.0  # given up once already, and the API still does not answer
+            said = self._gave_up  # what stays unsent is said once
+            if said:
+                timeout = 0.0
             else:
                 self._waited = timeout
             self._wake.notify_all()
             done = self._wake.wait_for(lambda: not self._pending(), timeout=timeout)
             unsent = self._unsent()
-        if not done:
+            self._gave_up = not done
+        if not done and not said:
             self._say_unsent(unsent)
         return done
 
@@ -170,12 +172,10 @@ class Reporter:
 
     def _say_unsent(self, unsent: tuple[int, int, list[str]]) -> None:
         lines, dropped, artifacts = unsent
-        if unsent == self._said or not (lines or artifacts):
+        if not (lines or artifacts):
             return
-        self._said = unsent
-        what = [
-            f"{lines} log line(s)" + (f" (and {dropped} older ones dropped)" if dropped else "")
-        ]
+        older = f" (and {dropped} older ones dropped)" if dropped else ""
+        what = [f"{lines} log line(s){older}"] if lines else []
         log.warning(
             "Prefect's API did not answer within %g s of the flow run's end (%s): %s not sent "
             "to the flow run; a training run's log.txt has every line, and its folder the "
@@ -183,6 +183,7 @@ class Reporter:
             self._waited,
             self.failing or "no answer yet",
             ", ".join(what + artifacts),
+            extra={"send_to_api": False},  # it could not be sent: not held as one more line
         )
 
     def _run(self) -> None:
@@ -201,6 +202,7 @@ class Reporter:
                 self._wake.notify_all()  # a flush waiting sees what was sent
                 if error is None:
                     self._dropped -= dropped
+                    self._gave_up = False
             if error is None:
                 if self.failing is not None:
                     log.info(

@@ -271,3 +271,31 @@ def test_run_names_do_not_change_when_a_field_is_added_at_its_default():
     # the digest covers the fields that differ from their defaults, so it stays stable
     assert config_digest(TrainConfig()) == config_digest(TrainConfig(device="cpu"))
     assert config_digest(TrainConfig()) != config_digest(TrainConfig(lr=3e-4))
+
+
+def test_a_finished_run_whose_flow_lost_prefects_api_at_its_end_is_reported_done(tmp_path, capsys):
+    """Prefect's API gone past the flow's bounded wait: the flow cannot record its final
+    state and raises, but the run folder holds a finished run, so the command reports it
+    (exit status 0) with one line saying what Prefect was not told; any other failure, or a
+    run that did not finish, is raised as it was."""
+    import httpx
+
+    from gpucnn.flows.cli import api_gone_at_the_end
+    from gpucnn.train.atomic import write_json
+    from gpucnn.train.runs import RunFolder
+
+    gone = httpx.ConnectError("[Errno 111] Connection refused")
+    with pytest.raises(httpx.ConnectError):
+        api_gone_at_the_end(gone, RunFolder(tmp_path / "unfinished"))
+    folder = RunFolder(tmp_path / "done")
+    write_json(folder.path / "summary.json", {"epochs": 2, "best_epoch": 2})
+    write_json(folder.path / "metrics.json", {"accuracy": 0.98, "loss": 0.05, "samples": 10000})
+    with pytest.raises(ValueError, match="a bug"):
+        api_gone_at_the_end(ValueError("a bug"), folder)
+    result = api_gone_at_the_end(gone, folder)
+    assert result["already_finished"] is False and result["test"]["accuracy"] == 0.98
+    assert capsys.readouterr().err == (
+        "warning: Prefect's API did not answer at the flow run's end (ConnectError: [Errno 111] "
+        "Connection refused); its final state was not recorded, but the run is complete: its "
+        f"results are in {folder.path} and its lines in {folder.path / 'log.txt'}\n"
+    )

@@ -160,6 +160,41 @@ def test_a_reporter_whose_api_does_not_answer_never_raises_or_waits(caplog, monk
     assert len([r for r in caplog.records if "not sent" in r.getMessage()]) == 1
 
 
+def test_a_flow_runs_end_says_once_what_stays_unsent(monkeypatch):
+    """Inside a flow run whose reports cannot be sent: the end's wait gives up, saying so once
+    (its own warning is not held as one more unsent line to say again at the close)."""
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gpucnn.flows import reporting
+
+    monkeypatch.setattr(reporting, "RETRY_S", (0.05, 0.1))
+
+    class Said(logging.Handler):
+        messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    @flow(name="unsent-reports")
+    def unsent() -> bool:
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{closed_port()}/api"}):
+            with reporting.session():
+                logging.getLogger("gpucnn.train").warning("a line for the flow run")
+                reporting.table_artifact("unsent-table", [{"a": float("nan")}], "d")
+                return reporting.flush(timeout=1.0)
+
+    said = Said()
+    logging.getLogger("gpucnn.flows").addHandler(said)  # Prefect's set-up may reset the root's
+    try:
+        assert unsent() is False
+    finally:
+        logging.getLogger("gpucnn.flows").removeHandler(said)
+    unsent_lines = [m for m in said.messages if "not sent" in m]
+    assert len(unsent_lines) == 1, said.messages
+    assert "1 log line(s), the table artifact 'unsent-table' not sent" in unsent_lines[0]
+
+
 class Gate:
     """A port on 127.0.0.1 in front of another: while open it forwards each connection there,
     while shut nothing listens on it (a connection is refused, as by a stopped server)."""
