@@ -3,7 +3,8 @@
 - ``{results-table} FILE``: a table from ``benchmarks/results/FILE`` (``:table: N``, the Nth
   table of the file, from 1), followed by the command that made it, the machine and the
   date, and a link to the whole record.
-- ``{command-help} MODULE``: the ``--help`` of ``python -m MODULE``, as it prints it.
+- ``{command-help} gpucnn [COMMAND]``: the ``--help`` of the ``gpucnn`` command (or of one of
+  its subcommands), as it prints it; ``{command-help} MODULE``: that of ``python -m MODULE``.
 - The records: every ``benchmarks/results/*.md`` becomes a page ``records/<name>``
   (docs/records/, generated, ignored by git) that includes the file.
 - The notebooks: the executed copies of ``notebooks/*.ipynb`` (notebooks/execute.py; made by
@@ -127,25 +128,26 @@ class ResultsTable(SphinxDirective):
 
 
 class CommandHelp(SphinxDirective):
-    """The ``--help`` of ``python -m MODULE``, run at build time."""
+    """The ``--help`` of ``gpucnn [COMMAND]`` or of ``python -m MODULE``, run at build time."""
 
     required_arguments = 1
+    final_argument_whitespace = True  # "gpucnn train": one argument
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        module = self.arguments[0]
+        words = self.arguments[0].split()
+        if words[0] == "gpucnn":  # the console script, run as its entry point runs it
+            shown = " ".join(words)
+            code = "import sys; from gpucnn.cli import main; sys.exit(main())"
+            argv = [sys.executable, "-c", code, *words[1:], "--help"]
+        else:
+            shown = f"python -m {words[0]}"
+            argv = [sys.executable, "-m", words[0], "--help"]
         env = dict(os.environ, COLUMNS=HELP_COLUMNS, PYTHONPATH=str(ROOT))
-        done = subprocess.run(
-            [sys.executable, "-m", module, "--help"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-        )
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
         if done.returncode != 0:
-            raise self.error(f"python -m {module} --help failed:\n{done.stderr}")
-        text = f"$ python -m {module} --help\n{done.stdout.rstrip()}"
+            raise self.error(f"{shown} --help failed:\n{done.stderr}")
+        text = f"$ {shown} --help\n{done.stdout.rstrip()}"
         block = nodes.literal_block(text, text, language="text")
         return [block]
 
