@@ -1,6 +1,7 @@
 """Classify image files with a trained checkpoint.
 
-    python -m gpucnn.predict --checkpoint runs/<run>/checkpoints/best.npz digit.png more.jpg
+    gpucnn predict --checkpoint runs/<run>/checkpoints/best.npz digit.png more.jpg
+    python -m gpucnn.predict ...          (the same command)
 
 Each image is read with Pillow (the optional "images" extra), of any size and mode, and
 prepared as the checkpoint's run prepared its training images:

@@ -10,7 +10,8 @@ tif, tiff, any case) are ignored and counted in one line. Subfolders of a class 
 walked too, following links, each folder once (a link loop ends).
 
 The images are decoded once (gpucnn.data.images: RGB, or grayscale when every image is;
-resized to the side S: the training images' most common shorter side, at most 64, unless
+resized to the side S: the shorter side of the training images' most common size, at most
+64, unless
 ``image_size`` says) into a uint8 (N, C, S, S) cache under the data directory
 (``<data dir>/folders/<name>-<digest>/``, gpucnn.data.cache), keyed by the file list, each
 file's size and modification time, and the options. A later run over the same files maps the
@@ -387,8 +388,8 @@ class ImageFolder:
 
     Args:
         root: the folder.
-        image_size: S, the side images are resized and cropped to (default: the training
-            images' most common shorter side, at most 64).
+        image_size: S, the side images are resized and cropped to (default: the shorter
+            side of the training images' most common size, at most 64).
         channels: 3 (RGB) or 1 (grayscale); default: 1 when every image is grayscale.
         skip_bad_images: leave out images that cannot be used instead of failing.
         cache_root: the data directory holding the cache (default: GPUCNN_DATA_DIR, else

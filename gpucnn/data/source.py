@@ -1,7 +1,7 @@
 """Datasets as sources: every kind yields the same :class:`Dataset`.
 
 A kind (the IDX registry, the CIFAR-10 binary archive, a folder of images) is one module of
-gpucnn.data with ``open(name, root, mirrors, download, **options) -> Dataset`` and
+gpucnn.data with ``open_dataset(name, root, mirrors, download, **options) -> Dataset`` and
 ``download(name, root, mirrors, **options)``; :func:`kind_of` picks it from the name or path,
 so a recipe asks for a dataset by name or path and never branches on its kind.
 
@@ -169,7 +169,8 @@ def stratified_split(
     each part of ``fractions`` (in its order), keeping at least one for training.
 
     Returns:
-        {"train": positions, **{part: positions}}, each sorted.
+        ``{"train": positions}`` and one entry ``{part: positions}`` per part of
+        ``fractions``, each sorted.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("train", *fractions)}

@@ -109,8 +109,9 @@ class TrainConfig:
     min_lr: float = _field(1e-6, "plateau: the lr is never cut below this")
     augment: str = _field(
         "none",
-        "'none', 'default' (rotate 10, shift 0.1) or items like "
-        "'rotate=10,shift=0.1,scale=0.9:1.1,flip'",
+        "'none', 'default' (digits: rotate 10, shift 0.1), 'crop-flip' (photos: a horizontal "
+        "flip, then a random crop of the padded image) or items like "
+        "'rotate=10,shift=0.1,scale=0.9:1.1,flip,crop=4'",
     )
     val_fraction: float = _field(0.2, "fraction of the training images held out for validation")
     test_fraction: float = _field(
@@ -120,7 +121,8 @@ class TrainConfig:
     image_size: int | None = _field(
         None,
         "an image folder: the side S images are resized to (shorter side to S, then the centre "
-        "SxS crop) (default: the training images' most common shorter side, at most 64)",
+        "SxS crop) (default: the shorter side of the training images' most common size, at "
+        "most 64)",
     )
     channels: int | None = _field(
         None,
@@ -147,8 +149,9 @@ class TrainConfig:
     )
     mirrors: list[str] | None = _field(
         None,
-        "dataset URL prefix to try first; repeatable "
-        "(default: $GPUCNN_DATA_MIRROR, then the official mirrors)",
+        "dataset URL prefix to download from instead of the official mirrors, tried in order "
+        "after $GPUCNN_DATA_MIRROR; repeatable (default: $GPUCNN_DATA_MIRROR, then the "
+        "official mirrors)",
         group="where",
         flag="mirror",
         metavar="URL",
